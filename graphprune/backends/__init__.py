@@ -1,0 +1,1 @@
+"""Execution backends (ONNX Runtime) used for validation, fidelity and benchmarks."""

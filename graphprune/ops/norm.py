@@ -1,0 +1,76 @@
+"""Normalizations.
+
+Per-channel normalizations (BatchNormalization, InstanceNormalization) keep channels independent:
+the channel axis couples to their scale/bias/statistics. Normalizations that mix values across an
+axis (LRN across channels, LayerNormalization over its trailing axes, GroupNormalization over
+channel groups, MeanVarianceNormalization over its axes) block that axis: removing a channel
+there would change every other channel's value.
+"""
+from __future__ import annotations
+
+from ..dependency import ROLE_AUX, ROLE_OUT
+from .registry import OpRule, rule
+
+
+@rule("BatchNormalization")
+class BatchNorm(OpRule):
+    def analyze(self, ctx):
+        x, y = ctx.inputs[0], ctx.outputs[0]
+        ctx.couple_same(x, y)
+        for i, role in ((1, ROLE_OUT), (2, ROLE_OUT), (3, ROLE_AUX), (4, ROLE_AUX)):
+            p = ctx.inputs[i]
+            ctx.couple(x, 1, p, 0)
+            ctx.role(p, 0, role)
+        for extra in ctx.outputs[1:]:  # training-mode running statistics
+            if extra:
+                ctx.couple(x, 1, extra, 0)
+
+
+@rule("InstanceNormalization")
+class InstanceNorm(OpRule):
+    def analyze(self, ctx):
+        x, y = ctx.inputs[0], ctx.outputs[0]
+        ctx.couple_same(x, y)
+        for p in ctx.inputs[1:3]:
+            ctx.couple(x, 1, p, 0)
+            ctx.role(p, 0, ROLE_OUT)
+
+
+def _block_mixed(ctx, axes, why):
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    ctx.couple_same(x, y, skip=tuple(axes))
+    for a in axes:
+        ctx.block(x, a, why)
+        ctx.block(y, a, why)
+    for p in ctx.inputs[1:]:
+        ctx.block(p, None, why)
+    for extra in ctx.outputs[1:]:
+        ctx.block(extra, None, why)
+
+
+@rule("LRN")
+class LRN(OpRule):
+    def analyze(self, ctx):
+        _block_mixed(ctx, [1], "normalizes across neighbouring channels")
+
+
+@rule("GroupNormalization")
+class GroupNorm(OpRule):
+    def analyze(self, ctx):
+        _block_mixed(ctx, [1], "normalizes across channel groups")
+
+
+@rule("LayerNormalization")
+class LayerNorm(OpRule):
+    def analyze(self, ctx):
+        r = ctx.rank(ctx.inputs[0])
+        axis = int(ctx.attr("axis", -1)) % r
+        _block_mixed(ctx, list(range(axis, r)), "normalizes over this axis")
+
+
+@rule("MeanVarianceNormalization")
+class MVN(OpRule):
+    def analyze(self, ctx):
+        r = ctx.rank(ctx.inputs[0])
+        axes = [int(a) % r for a in ctx.attr("axes", [0, 2, 3])]
+        _block_mixed(ctx, axes, "normalizes over this axis")

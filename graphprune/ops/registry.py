@@ -1,0 +1,63 @@
+"""The op-rule registry: the single place where ONNX op semantics live.
+
+A rule describes, for one op type, (a) which input axes are coupled to which output axes (and with
+what index map), (b) which axes must never be pruned, (c) how to rewrite the node's attributes and
+constant inputs after its tensors shrank, and (d) how many multiply-accumulates it costs.
+
+Adding support for an op means adding one `OpRule` subclass decorated with `@rule("OpType")` and a
+test that prunes through it. Ops without a rule are never guessed at: every axis of their inputs
+and outputs is blocked, so every group touching them is frozen, with the reason recorded.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..dependency import AnalyzeContext
+    from ..passes.rewrite import RewriteContext
+    from ..metrics import MacsContext
+
+RULES: dict[tuple[str, str], "OpRule"] = {}
+
+
+class OpRule:
+    """Base class. Subclasses override `analyze`, and `rewrite` / `macs` where they matter."""
+
+    op_types: tuple[str, ...] = ()
+    domain: str = ""
+
+    def analyze(self, ctx: "AnalyzeContext") -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rewrite(self, ctx: "RewriteContext") -> None:
+        """Fix attributes / constant inputs after pruning. Default: nothing to fix."""
+
+    def macs(self, ctx: "MacsContext") -> int:
+        """Multiply-accumulates of one run. Default: one per output element."""
+        return ctx.numel_outputs()
+
+
+def rule(*op_types: str, domain: str = ""):
+    """Class decorator registering a rule for one or more op types of a domain."""
+
+    def deco(cls):
+        inst = cls()
+        inst.op_types = op_types
+        inst.domain = domain
+        for op in op_types:
+            key = (domain, op)
+            if key in RULES:
+                raise ValueError(f"duplicate rule for {domain or 'ai.onnx'}::{op}")
+            RULES[key] = inst
+        return cls
+
+    return deco
+
+
+def lookup(op_type: str, domain: str) -> "OpRule | None":
+    dom = "" if domain in ("", "ai.onnx") else domain
+    return RULES.get((dom, op_type))
+
+
+def supported_ops() -> list[str]:
+    return sorted(f"{d + '::' if d else ''}{op}" for d, op in RULES)

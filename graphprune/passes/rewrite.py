@@ -1,0 +1,214 @@
+"""Rewrite: physically shrink the model according to a plan.
+
+1. Every constant axis in a pruned group is sliced (`np.take` of the kept positions).
+2. Every node's rule fixes what depends on sizes (Conv `group`, Reshape/Split/Slice/Expand/Resize
+   constants, Gather indices).
+3. Stale value_info of shrunk tensors is dropped; shapes are re-inferred by validation.
+
+Constant inputs rewritten by a rule are edited in place when only that node reads them and copied
+under a fresh name otherwise, so a shared shape constant never changes under another node.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..dependency import DependencyGraph
+from ..ir import GraphView, attr
+from ..ops.registry import lookup
+from .select import Plan
+
+
+def keep_positions(dg: DependencyGraph, plan: Plan) -> dict[tuple[str, int], np.ndarray]:
+    """Kept positions of every (tensor, axis) that shrinks."""
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for gid, kept_units in plan.keep.items():
+        grp = dg.groups[gid]
+        for dn, units in grp.unit_of.items():
+            pos = np.flatnonzero(np.isin(units, kept_units))
+            if len(pos) < len(units):
+                out[dn] = pos
+    return out
+
+
+class RewriteContext:
+    """What a rule sees while fixing one node after pruning."""
+
+    def __init__(self, rw: "Rewriter", node: onnx.NodeProto):
+        self.rw = rw
+        self.view = rw.view
+        self.node = node
+
+    @property
+    def inputs(self):
+        return list(self.node.input)
+
+    @property
+    def outputs(self):
+        return list(self.node.output)
+
+    def attr(self, name, default=None):
+        return attr(self.node, name, default)
+
+    def opset(self) -> int:
+        return self.view.opset.get("ai.onnx", 1)
+
+    def rank(self, name):
+        return self.view.rank(name)
+
+    def keep(self, name: str, axis: int) -> np.ndarray | None:
+        return self.rw.keep.get((name, axis))
+
+    def old_dim(self, name: str, axis: int) -> int | None:
+        return self.view.static_dim(name, axis)
+
+    def new_dim(self, name: str, axis: int) -> int | None:
+        k = self.keep(name, axis)
+        return int(len(k)) if k is not None else self.old_dim(name, axis)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The *original* value of a constant input."""
+        return self.rw.original_const(name)
+
+    def virtual_name(self, suffix: str) -> str:
+        return f"{self.node.name or self.node.output[0]}::{suffix}"
+
+    def set_attr(self, name: str, value) -> None:
+        for i, a in enumerate(self.node.attribute):
+            if a.name == name:
+                del self.node.attribute[i]
+                break
+        self.node.attribute.append(helper.make_attribute(name, value))
+
+    def del_attr(self, name: str) -> None:
+        for i, a in enumerate(self.node.attribute):
+            if a.name == name:
+                del self.node.attribute[i]
+                return
+
+    def set_input(self, idx: int, value: np.ndarray) -> None:
+        self.rw.set_node_const(self.node, idx, value)
+
+    def add_input(self, value: np.ndarray, suffix: str) -> None:
+        while len(self.node.input) < 1:
+            self.node.input.append("")
+        name = self.rw.fresh_name(f"{self.node.name or self.node.output[0]}_{suffix}")
+        self.rw.add_initializer(name, value)
+        self.node.input.append(name)
+
+
+class Rewriter:
+    def __init__(self, view: GraphView, keep: dict[tuple[str, int], np.ndarray]):
+        self.view = view
+        self.model = view.model
+        self.keep = keep
+        self._orig: dict[str, np.ndarray] = {}
+        self._names = {t.name for t in self.model.graph.initializer}
+        for n in self.model.graph.node:
+            self._names.update(n.output)
+            self._names.update(n.input)
+
+    # ----------------------------------------------------------------- helpers
+    def original_const(self, name: str) -> np.ndarray | None:
+        if name not in self._orig:
+            v = self.view.const_value(name)
+            self._orig[name] = None if v is None else np.array(v)
+        return self._orig[name]
+
+    def fresh_name(self, base: str) -> str:
+        name, k = base, 0
+        while name in self._names:
+            k += 1
+            name = f"{base}_{k}"
+        self._names.add(name)
+        return name
+
+    def add_initializer(self, name: str, value: np.ndarray) -> None:
+        t = numpy_helper.from_array(np.asarray(value), name)
+        self.model.graph.initializer.append(t)
+        if self.model.ir_version < 4:  # old IR: every initializer is also a graph input
+            self.model.graph.input.append(
+                helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+
+    def set_node_const(self, node: onnx.NodeProto, idx: int, value: np.ndarray) -> None:
+        name = node.input[idx]
+        users = self.view.consumers.get(name, [])
+        if len(users) == 1 and name not in self.view.graph_outputs and name in self.view.consts:
+            self.write_const(name, value)
+        else:
+            new = self.fresh_name(f"{name}_pruned")
+            self.add_initializer(new, value)
+            node.input[idx] = new
+
+    def write_const(self, name: str, value: np.ndarray) -> None:
+        """Replace the value of a constant source, wherever it is stored."""
+        c = self.view.consts[name]
+        value = np.asarray(value)
+        if c.kind == "initializer":
+            t = numpy_helper.from_array(value.astype(c.dtype, copy=False), name)
+            c.proto.CopyFrom(t)
+            self._fix_ir3_input(name, t)
+        elif c.kind == "constant_node":
+            node = c.proto
+            for i in reversed(range(len(node.attribute))):
+                if node.attribute[i].name.startswith("value"):
+                    del node.attribute[i]
+            node.attribute.append(helper.make_attribute(
+                "value", numpy_helper.from_array(value.astype(c.dtype, copy=False))))
+        else:
+            raise AssertionError("ConstantOfShape fills are rewritten through their shape")
+        self.view.forget_value(name)
+
+    def _fix_ir3_input(self, name: str, t: onnx.TensorProto) -> None:
+        for vi in self.model.graph.input:
+            if vi.name == name:
+                vi.CopyFrom(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+
+    # ----------------------------------------------------------------- passes
+    def slice_constants(self) -> int:
+        by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for (name, axis), pos in self.keep.items():
+            if name in self.view.consts:
+                by_tensor.setdefault(name, []).append((axis, pos))
+        for name, cuts in sorted(by_tensor.items()):
+            c = self.view.consts[name]
+            if c.kind == "constant_of_shape":
+                shape = list(c.shape)
+                for axis, pos in cuts:
+                    shape[axis] = len(pos)
+                node = c.proto
+                self.set_node_const(node, 0, np.array(shape, dtype=np.int64))
+                continue
+            val = self.view.const_value(name)
+            for axis, pos in cuts:
+                val = np.take(val, pos, axis=axis)
+            self.write_const(name, val)
+        return len(by_tensor)
+
+    def fix_nodes(self) -> None:
+        for node in list(self.model.graph.node):
+            r = lookup(node.op_type, node.domain)
+            if r is not None:
+                r.rewrite(RewriteContext(self, node))
+
+    def drop_stale_value_info(self) -> None:
+        shrunk = {name for name, _ in self.keep}
+        vis = [vi for vi in self.model.graph.value_info if vi.name not in shrunk]
+        del self.model.graph.value_info[:]
+        self.model.graph.value_info.extend(vis)
+
+
+def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:
+    """Apply a plan to `view.model` in place. Returns counts for the report."""
+    keep = keep_positions(dg, plan)
+    rw = Rewriter(view, keep)
+    # read original small constants before anything is overwritten
+    for node in view.graph.node:
+        for name in node.input:
+            if name and name in view.consts and view.consts[name].numel <= 4096:
+                rw.original_const(name)
+    n_sliced = rw.slice_constants()
+    rw.fix_nodes()
+    rw.drop_stale_value_info()
+    return {"tensors_sliced": n_sliced, "axes_shrunk": len(keep)}

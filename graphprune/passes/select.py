@@ -1,0 +1,106 @@
+"""Selection: turn scores and a target into the units each group keeps."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..dependency import DependencyGraph, Group
+
+
+@dataclass
+class Plan:
+    """Kept unit ids (sorted) for every group that loses units."""
+
+    keep: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def removed(self, grp: Group) -> int:
+        return grp.n_units - len(self.keep[grp.id]) if grp.id in self.keep else 0
+
+
+def apply_protect(dg: DependencyGraph, patterns: list[str]) -> None:
+    """Freeze every group that touches a tensor or node whose name matches a pattern."""
+    if not patterns:
+        return
+    node_names: dict[str, list[str]] = {}
+    for node in dg.view.graph.node:
+        for t in list(node.input) + list(node.output):
+            if t and node.name:
+                node_names.setdefault(t, []).append(node.name)
+    for grp in dg.groups:
+        if grp.frozen_reason is not None:
+            continue
+        names = {t for t, _ in grp.dims}
+        names |= {n for t in list(names) for n in node_names.get(t, [])}
+        for pat in patterns:
+            if any(fnmatch.fnmatchcase(n, pat) for n in names):
+                grp.frozen_reason = f"protected by --protect {pat!r}"
+                break
+
+
+def _round_keep(n_keep: int, n: int, round_to: int, min_keep: int) -> int:
+    n_keep = max(n_keep, min_keep, 1)
+    if round_to > 1 and n >= round_to:
+        n_keep = min(n, int(math.ceil(n_keep / round_to)) * round_to)
+    return min(n_keep, n)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores; ties keep the lower index (deterministic)."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return np.sort(order[:k])
+
+
+def select(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
+           global_rank: bool = False, round_to: int = 1, min_keep: int = 1) -> Plan:
+    """Keep-sets per group. `ratio` is the fraction of prunable units to remove: per group
+    (uniform) by default, or across all groups by normalized score with `global_rank`."""
+    plan = Plan()
+    groups = [g for g in dg.prunable_groups() if g.id in scores]
+    if ratio <= 0 or not groups:
+        return plan
+    n_keep: dict[int, int] = {}
+    if global_rank:
+        from .score import normalize_scores
+
+        norm = normalize_scores({g.id: scores[g.id] for g in groups})
+        allv = np.concatenate([norm[g.id] for g in groups])
+        owner = np.concatenate([np.full(g.n_units, i) for i, g in enumerate(groups)])
+        n_remove = int(math.floor(len(allv) * ratio + 1e-9))
+        order = np.lexsort((np.arange(len(allv)), allv))
+        removed = np.zeros(len(groups), dtype=np.int64)
+        budget = n_remove
+        for idx in order:
+            if budget == 0:
+                break
+            gi = owner[idx]
+            if groups[gi].n_units - removed[gi] > max(min_keep, 1):
+                removed[gi] += 1
+                budget -= 1
+        for gi, g in enumerate(groups):
+            n_keep[g.id] = g.n_units - int(removed[gi])
+    else:
+        for g in groups:
+            n_keep[g.id] = g.n_units - int(math.floor(g.n_units * ratio + 1e-9))
+    for g in groups:
+        k = _round_keep(n_keep[g.id], g.n_units, round_to, min_keep)
+        if k >= g.n_units:
+            continue
+        keep = _top(scores[g.id], k)
+        keep = _ensure_every_axis_keeps_one(g, keep, scores[g.id])
+        if len(keep) < g.n_units:
+            plan.keep[g.id] = keep
+    return plan
+
+
+def _ensure_every_axis_keeps_one(g: Group, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """No tensor may lose every position of an axis (e.g. one input of a Concat, one Split
+    output): put back that axis's best unit."""
+    kept = set(keep.tolist())
+    for dn, units in g.unit_of.items():
+        if len(units) and not kept.intersection(units.tolist()):
+            u = np.unique(units)
+            kept.add(int(u[np.argmax(scores[u])]))
+    return np.array(sorted(kept), dtype=np.int64)
