@@ -1,0 +1,1 @@
+"""Reference models and their ONNX exports used by graphprune's tests and benchmarks."""
