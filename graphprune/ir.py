@@ -70,6 +70,7 @@ class GraphView:
         self.graph_outputs = [o.name for o in self.graph.output]
         self.consts: dict[str, ConstSource] = {}
         self._value_cache: dict[str, np.ndarray] = {}
+        self.folded: dict[str, np.ndarray] = {}  # statically computable values (see fold.py)
         self._collect_consts()
         self.shapes: dict[str, tuple[Dim, ...]] = dict(shapes or {})
         for name, c in self.consts.items():
@@ -138,9 +139,12 @@ class GraphView:
         return val
 
     def small_const(self, name: str, limit: int = 4096) -> np.ndarray | None:
-        """Value of a constant only if it is small (shape vectors, axes, split sizes)."""
+        """Value of a small constant (shape vectors, axes, split sizes), including values
+        computed from static sizes at analysis time; None otherwise."""
         c = self.consts.get(name)
-        if c is None or c.numel > limit:
+        if c is None:
+            return self.folded.get(name)
+        if c.numel > limit:
             return None
         return self.const_value(name)
 

@@ -18,7 +18,7 @@ import onnx
 from . import __version__
 from .dependency import DependencyGraph, analyze
 from .errors import UserError
-from .ir import GraphView
+from .fold import static_view
 from .metrics import count_macs, count_params
 from .model_io import file_bytes, infer_shapes, load_model, save_model
 from .passes import validate as validate_pass
@@ -95,10 +95,10 @@ def _load(model) -> tuple[onnx.ModelProto, str | None, int | None]:
     return load_model(path), str(path), file_bytes(path) if path.exists() else None
 
 
-def analyze_model(model, progress=None) -> tuple[GraphView, DependencyGraph]:
+def analyze_model(model, progress=None):
     """Dependency groups of a model (path or ModelProto), without changing it."""
     m, _, _ = _load(model)
-    view = GraphView(m, infer_shapes(m))
+    view = static_view(m, infer_shapes(m))
     return view, analyze(view)
 
 
@@ -116,8 +116,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
         original, in_path, in_bytes = _load(model)
         work = onnx.ModelProto()
         work.CopyFrom(original)
-        shapes = infer_shapes(work)
-        view = GraphView(work, shapes)
+        view = static_view(work, infer_shapes(work))
         before = {"params": count_params(view), "macs": count_macs(view)}
         if in_bytes is None:
             in_bytes = original.ByteSize()
@@ -133,7 +132,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
         counts = rewrite(view, dg, plan)
     fid = None
     with timer.phase("validate"):
-        after_view = GraphView(work, infer_shapes(work))
+        after_view = static_view(work, infer_shapes(work))
         after = {"params": count_params(after_view), "macs": count_macs(after_view)}
         if opts.validate:
             fid = validate_pass.validate(original, work, seed=opts.seed)

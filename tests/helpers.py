@@ -47,8 +47,15 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
             edits[mem.tensor] = val
     for name, val in edits.items():
         c = view.consts[name]
-        assert c.kind == "initializer", f"test oracle only edits initializers ({name})"
-        c.proto.CopyFrom(numpy_helper.from_array(val.astype(c.dtype), name))
+        tensor = numpy_helper.from_array(val.astype(c.dtype), name)
+        if c.kind == "initializer":
+            c.proto.CopyFrom(tensor)
+        else:  # Constant / ConstantOfShape: becomes a Constant holding the edited value
+            node = c.proto
+            node.op_type = "Constant"
+            del node.input[:]
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", tensor))
     return m
 
 

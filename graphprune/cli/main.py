@@ -31,7 +31,8 @@ def _default_output(model: Path) -> Path:
 
 
 def _progress(quiet: bool):
-    if quiet:
+    """Phase messages on stderr, for people watching a terminal (never in logs or pipes)."""
+    if quiet or not sys.stderr.isatty():
         return None
 
     def show(phase: str) -> None:

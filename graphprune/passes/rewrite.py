@@ -112,7 +112,7 @@ class Rewriter:
     # ----------------------------------------------------------------- helpers
     def original_const(self, name: str) -> np.ndarray | None:
         if name not in self._orig:
-            v = self.view.const_value(name)
+            v = self.view.const_value(name) if name in self.view.consts else self.view.folded.get(name)
             self._orig[name] = None if v is None else np.array(v)
         return self._orig[name]
 
@@ -206,7 +206,8 @@ def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:
     # read original small constants before anything is overwritten
     for node in view.graph.node:
         for name in node.input:
-            if name and name in view.consts and view.consts[name].numel <= 4096:
+            if name and ((name in view.consts and view.consts[name].numel <= 4096)
+                         or name in view.folded):
                 rw.original_const(name)
     n_sliced = rw.slice_constants()
     rw.fix_nodes()

@@ -1,0 +1,196 @@
+"""Static evaluation of small shape computations.
+
+Exporters often compute split points, slice bounds or reshape targets at run time from `Shape`
+(Shape → Gather → Div → Slice). When every size those computations read is static, their values
+are known before running the model. Folding them lets the op rules treat such inputs like
+constants; if pruning changes them, the rewrite replaces the computed input with a new constant
+(valid for every input, because it only ever depended on static sizes).
+
+Only small integer/float tensors are evaluated, with numpy, for the ops below.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .ir import GraphView, attr
+
+LIMIT = 4096
+
+
+def _ints(v):
+    return [int(x) for x in np.asarray(v).reshape(-1)]
+
+
+def _shape(view, node, vals):
+    s = view.shape(node.input[0])
+    if s is None:
+        return None
+    r = len(s)
+    start = int(attr(node, "start", 0))
+    end = attr(node, "end")
+    start = start + r if start < 0 else start
+    end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
+    dims = s[max(start, 0):min(end, r)]
+    if any(not isinstance(d, int) for d in dims):
+        return None
+    return np.array(dims, dtype=np.int64)
+
+
+def _size(view, node, vals):
+    s = view.shape(node.input[0])
+    if s is None or any(not isinstance(d, int) for d in s):
+        return None
+    return np.array(int(np.prod(s, dtype=np.int64)), dtype=np.int64)
+
+
+def _gather(view, node, vals):
+    return np.take(vals[0], vals[1], axis=int(attr(node, "axis", 0)))
+
+
+def _concat(view, node, vals):
+    return np.concatenate([np.atleast_1d(v) for v in vals], axis=int(attr(node, "axis", 0)))
+
+
+def _axes(node, vals, i):
+    a = attr(node, "axes")
+    if a is None and len(vals) > i:
+        a = _ints(vals[i])
+    return a
+
+
+def _unsqueeze(view, node, vals):
+    x = vals[0]
+    axes = sorted(int(a) % (x.ndim + len(_axes(node, vals, 1))) for a in _axes(node, vals, 1))
+    for a in axes:
+        x = np.expand_dims(x, a)
+    return x
+
+
+def _squeeze(view, node, vals):
+    axes = _axes(node, vals, 1)
+    return np.squeeze(vals[0], axis=None if axes is None else tuple(int(a) for a in axes))
+
+
+def _slice(view, node, vals):
+    x = vals[0]
+    if len(vals) >= 3:
+        starts, ends = _ints(vals[1]), _ints(vals[2])
+        axes = _ints(vals[3]) if len(vals) > 3 else list(range(len(starts)))
+        steps = _ints(vals[4]) if len(vals) > 4 else [1] * len(starts)
+    else:
+        starts, ends = attr(node, "starts"), attr(node, "ends")
+        axes = attr(node, "axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    idx = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        idx[int(a)] = slice(s, e, st)
+    return x[tuple(idx)]
+
+
+def _div(view, node, vals):
+    a, b = vals
+    if np.issubdtype(a.dtype, np.integer):
+        return (a // b).astype(a.dtype)  # ONNX integer Div truncates; sizes are non-negative
+    return a / b
+
+
+def _cast(view, node, vals):
+    return vals[0].astype(onnx.helper.tensor_dtype_to_np_dtype(int(attr(node, "to"))))
+
+
+def _reshape(view, node, vals):
+    return vals[0].reshape([d if d != 0 else vals[0].shape[i] for i, d in enumerate(_ints(vals[1]))])
+
+
+def _range(view, node, vals):
+    return np.arange(vals[0], vals[1], vals[2])
+
+
+def _const_of_shape(view, node, vals):
+    fill = attr(node, "value")
+    v = onnx.numpy_helper.to_array(fill).reshape(-1)[0] if fill is not None else np.float32(0)
+    shape = _ints(vals[0])
+    if int(np.prod(shape, dtype=np.int64)) > LIMIT:
+        return None
+    return np.full(shape, v)
+
+
+FOLDERS = {
+    "Shape": _shape, "Size": _size, "Gather": _gather, "Concat": _concat,
+    "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Cast": _cast,
+    "Reshape": _reshape, "Range": _range, "ConstantOfShape": _const_of_shape,
+    "Identity": lambda v, n, x: x[0],
+    "Add": lambda v, n, x: x[0] + x[1], "Sub": lambda v, n, x: x[0] - x[1],
+    "Mul": lambda v, n, x: x[0] * x[1], "Div": _div, "Mod": lambda v, n, x: np.mod(x[0], x[1]),
+    "Neg": lambda v, n, x: -x[0], "Abs": lambda v, n, x: np.abs(x[0]),
+    "Max": lambda v, n, x: np.maximum.reduce(x), "Min": lambda v, n, x: np.minimum.reduce(x),
+    "Equal": lambda v, n, x: np.equal(x[0], x[1]), "Where": lambda v, n, x: np.where(*x),
+    "Floor": lambda v, n, x: np.floor(x[0]), "Ceil": lambda v, n, x: np.ceil(x[0]),
+}
+NEEDS_NO_VALUES = {"Shape", "Size"}
+
+
+def fold_static_values(view: GraphView) -> dict[str, np.ndarray]:
+    """Values of node outputs computable now from constants and static sizes."""
+    folded: dict[str, np.ndarray] = {}
+
+    def value(name):
+        if name in folded:
+            return folded[name]
+        return view.small_const(name, LIMIT) if name in view.consts else None
+
+    for node in view.graph.node:
+        fn = FOLDERS.get(node.op_type)
+        if fn is None or node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        if node.output[0] in view.consts:
+            continue
+        if node.op_type in NEEDS_NO_VALUES:
+            vals = []
+        else:
+            vals = [value(i) if i else None for i in node.input]
+            if any(v is None for v, i in zip(vals, node.input) if i) or not vals:
+                continue
+            if any(np.asarray(v).size > LIMIT for v in vals):
+                continue
+        try:
+            out = fn(view, node, vals)
+        except Exception:  # anything unusual: leave it dynamic
+            continue
+        if out is not None and np.asarray(out).size <= LIMIT:
+            folded[node.output[0]] = np.asarray(out)
+    return folded
+
+
+def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:
+    """A GraphView whose shapes also use folded values.
+
+    ONNX shape inference cannot see through run-time shape computations; once their values are
+    folded, inference is re-run on a scratch copy in which they are plain initializers.
+    """
+    view = GraphView(model, shapes)
+    view.folded = fold_static_values(view)
+    if not view.folded:
+        return view
+    from .model_io import infer_shapes
+
+    scratch = onnx.ModelProto()
+    scratch.CopyFrom(model)
+    folded_names = set(view.folded)
+    keep_nodes = [n for n in scratch.graph.node if not (n.output and n.output[0] in folded_names)]
+    produced = {o for n in keep_nodes for o in n.output}
+    used = {i for n in keep_nodes for i in n.input}
+    del scratch.graph.node[:]
+    scratch.graph.node.extend(keep_nodes)
+    for name in sorted(folded_names & used - produced):
+        scratch.graph.initializer.append(onnx.numpy_helper.from_array(view.folded[name], name))
+    refined = infer_shapes(scratch)
+    merged = dict(refined)
+    for k, v in shapes.items():  # never lose what the first inference knew
+        if k not in merged or (merged[k] is not None and len(merged[k]) != len(v)):
+            merged[k] = v
+    folded = view.folded
+    view = GraphView(model, merged)
+    view.folded = fold_static_values(view) or folded
+    return view
