@@ -67,3 +67,30 @@ def assert_equivalent(original: onnx.ModelProto, result, atol=1e-4, rtol=1e-4, s
     assert list(ref) == list(out)
     for k in ref:
         np.testing.assert_allclose(out[k], ref[k], atol=atol, rtol=rtol, err_msg=k)
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph inputs/outputs have a symbolic batch `N` and whose constant Reshape
+    targets say -1 for the batch: what exporters emit with dynamic axes."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    view = GraphView(m)
+    for node in m.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        for a in node.attribute:
+            if a.name == "allowzero":
+                a.i = 0
+        c = view.consts.get(node.input[1])
+        v = np.array(view.const_value(node.input[1]))
+        if v[0] == 1:
+            v[0] = -1
+            new = numpy_helper.from_array(v, c.name)
+            if c.kind == "initializer":
+                c.proto.CopyFrom(new)
+            else:
+                c.proto.attribute[0].t.CopyFrom(new)
+    del m.graph.value_info[:]
+    return m

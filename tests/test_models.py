@@ -59,3 +59,23 @@ def test_global_ranking_equivalent(model):
     for g in res.report["groups"]:
         if g["frozen_reason"] is None and g["size_after"] < g["size_before"]:
             assert g["size_after"] % 4 == 0 or g["size_before"] < 4
+
+
+@pytest.mark.parametrize("name", ["vgg_flatten.dynamo", "se_net_tiny.legacy", "resnet_tiny.dynamo",
+                                  "shufflenetv2_tiny.dynamo", "unet_tiny.legacy"])
+def test_dynamic_batch(name):
+    from helpers import make_batch_dynamic
+
+    path = next(p for p in MODELS if p.name == f"{name}.onnx")
+    model = make_batch_dynamic(onnx.load(str(path)))
+    res = graphprune.prune(model, ratio=0.3)
+    assert res.report["params"]["after"] < res.report["params"]["before"]
+    from graphprune.backends import ort as ortb
+
+    sess = ortb.session(model)
+    feeds = ortb.random_inputs(sess, batch=3)
+    ref = run(model, feeds)
+    out = run(res.model, feeds)
+    for k in ref:
+        assert out[k].shape == ref[k].shape and out[k].shape[0] == 3
+    assert_equivalent(model, res)

@@ -320,9 +320,40 @@ def _reshape_segments(a_dims, b_dims):
     return segs, i == len(A) and j == len(B)
 
 
-def couple_view(ctx, x, y, what):
+def reshape_target_dims(xs, target):
+    """Output dims of Reshape(x, target), keeping symbolic names where they can be traced.
+
+    `0` copies the input dim; a single `-1` takes the one symbolic input dim when all other
+    sizes are static and the static products match (e.g. [N, C, h, w] → [-1, C·h·w]).
+    """
+    out = [xs[k] if (t == 0 and k < len(xs)) else int(t) for k, t in enumerate(target)]
+    if -1 not in out:
+        return out
+    sym_in = [d for d in xs if not isinstance(d, int)]
+    static_in = int(np.prod([d for d in xs if isinstance(d, int)], dtype=np.int64))
+    rest = [d for d in out if d != -1]
+    if any(not isinstance(d, int) for d in rest):
+        syms = [d for d in rest if not isinstance(d, int)]
+        if len(sym_in) == len(syms) and sorted(map(str, sym_in)) == sorted(map(str, syms)):
+            static_rest = int(np.prod([d for d in rest if isinstance(d, int)], dtype=np.int64))
+            out[out.index(-1)] = static_in // static_rest if static_rest else None
+        else:
+            out[out.index(-1)] = None
+        return out
+    static_rest = int(np.prod(rest, dtype=np.int64)) if rest else 1
+    if not sym_in:
+        out[out.index(-1)] = static_in // static_rest if static_rest else None
+    elif len(sym_in) == 1 and static_in == static_rest:
+        out[out.index(-1)] = sym_in[0]
+    else:
+        out[out.index(-1)] = None
+    return out
+
+
+def couple_view(ctx, x, y, what, ys=None):
     """Couple the axes of a reshape-like view x → y (same data, row-major order)."""
-    xs, ys = ctx.shape(x), ctx.shape(y)
+    xs = ctx.shape(x)
+    ys = ys if ys is not None else ctx.shape(y)
     segs, complete = _reshape_segments(list(xs), list(ys))
     covered_x, covered_y = set(), set()
     for ii, jj in segs:
@@ -332,6 +363,15 @@ def couple_view(ctx, x, y, what):
             ctx.couple(x, ii[0], y, jj[0])
         elif len(jj) == 1:
             ctx.merge(y, jj[0], [(x, i) for i in ii])
+        elif len(ii) == 1:
+            # [C] → [d0, ..., dk]: input position c is coordinate c % dk of the minor axis. Pruning
+            # unit j of the minor axis removes position j of every block (a channel shuffle's
+            # "channel j of each group", an attention head's dimension j of every head).
+            n, dk = ctx.static_dim(x, ii[0]), ctx.static_dim(y, jj[-1])
+            c = np.arange(n)
+            ctx.couple(x, ii[0], y, jj[-1], (c, c % dk))
+            for j in jj[:-1]:
+                ctx.block(y, j, f"{what} splits an axis; only its minor part is pruned")
         else:
             why = (f"{what} splits one axis into several" if len(ii) == 1
                    else f"{what} regroups several axes")
@@ -355,10 +395,14 @@ class Reshape(ShapeOnly):
 
     def analyze(self, ctx):
         x, shp, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
-        if ctx.const(shp) is None:
+        target = ctx.const(shp)
+        if target is None:
             ctx.block_node("target shape is computed at run time")
             return
-        couple_view(ctx, x, y, "reshape")
+        ys = ctx.shape(y)
+        if ys is None or any(not isinstance(d, int) for d in ys):
+            ys = reshape_target_dims(list(ctx.shape(x)), target.reshape(-1).tolist())
+        couple_view(ctx, x, y, "reshape", ys)
 
     def rewrite(self, ctx):
         shp, y = ctx.inputs[1], ctx.outputs[0]

@@ -97,10 +97,28 @@ def select(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
 
 def _ensure_every_axis_keeps_one(g: Group, keep: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """No tensor may lose every position of an axis (e.g. one input of a Concat, one Split
-    output): put back that axis's best unit."""
-    kept = set(keep.tolist())
-    for dn, units in g.unit_of.items():
-        if len(units) and not kept.intersection(units.tolist()):
-            u = np.unique(units)
-            kept.add(int(u[np.argmax(scores[u])]))
-    return np.array(sorted(kept), dtype=np.int64)
+    output). Such an axis gets its best unit back in exchange for the weakest kept unit whose
+    removal empties nothing, so the kept count (and --round-to) is preserved when possible."""
+    kept_mask = np.zeros(g.n_units, dtype=bool)
+    kept_mask[keep] = True
+    axes = [np.unique(u) for u in g.unit_of.values() if len(u)]
+    counts = np.array([int(kept_mask[u].sum()) for u in axes])
+    if counts.min(initial=1) > 0:
+        return keep
+    axes_of: dict[int, list[int]] = {}
+    for ai, units in enumerate(axes):
+        for u in units.tolist():
+            axes_of.setdefault(u, []).append(ai)
+    for ai in np.flatnonzero(counts == 0):
+        if counts[ai] > 0:
+            continue  # fixed by an earlier swap
+        units = axes[ai]
+        best = int(units[np.argmax(scores[units])])
+        kept_mask[best] = True
+        counts[axes_of[best]] += 1
+        for v in sorted(np.flatnonzero(kept_mask).tolist(), key=lambda k: (scores[k], k)):
+            if v != best and all(counts[a] >= 2 for a in axes_of.get(v, [])):
+                kept_mask[v] = False
+                counts[axes_of.get(v, [])] -= 1
+                break
+    return np.flatnonzero(kept_mask)
