@@ -125,6 +125,7 @@ class AnalyzeContext:
         self.view = dg.view
         self.node = node
         self._merges = merges
+        self.touched: set[DimNode] = set()  # axes the rule coupled, blocked or declared free
 
     # facts
     @property
@@ -165,6 +166,7 @@ class AnalyzeContext:
         """Couple axis `a_axis` of `a` with `b_axis` of `b`; `pairs` = (pos_in_a, pos_in_b)."""
         pa, pb = (None, None) if pairs is None else (np.asarray(pairs[0]), np.asarray(pairs[1]))
         self.dg.couple((a, a_axis), (b, b_axis), pa, pb)
+        self.touched.update(((a, a_axis), (b, b_axis)))
 
     def couple_same(self, a: str, b: str, skip: tuple[int, ...] = ()) -> None:
         """Identity-couple every axis of two tensors of equal rank (except `skip`)."""
@@ -183,8 +185,16 @@ class AnalyzeContext:
         full = f"{self.node.op_type} '{self.node.name or self.node.output[0]}': {reason}"
         if axis is None:
             self.dg.block_tensor(name, full)
+            self.touched.update((name, a) for a in range(self.view.rank(name) or 0))
         else:
             self.dg.block((name, axis), full)
+            self.touched.add((name, axis))
+
+    def free(self, name: str, axis: int | None = None) -> None:
+        """Declare that pruning this axis needs nothing from this node (e.g. Shape reads sizes
+        at run time). Axes a rule neither couples, blocks nor frees are blocked."""
+        axes = range(self.view.rank(name) or 0) if axis is None else [axis]
+        self.touched.update((name, a) for a in axes)
 
     def block_node(self, reason: str) -> None:
         for n in list(self.node.input) + list(self.node.output):
@@ -208,6 +218,18 @@ class AnalyzeContext:
         Resolved after all direct rules ran: see `_resolve_merge`.
         """
         self._merges.append((self.node, out, out_axis, parts))
+        self.touched.add((out, out_axis))
+        self.touched.update(parts)
+
+    def block_untouched(self) -> None:
+        """Every axis of the node's tensors the rule did not speak about is blocked: an op that
+        produces a spatial axis (Conv, pooling, Resize) decides its size itself."""
+        for name in list(self.node.input) + list(self.node.output):
+            if not name:
+                continue
+            for a in range(self.view.rank(name) or 0):
+                if (name, a) not in self.touched:
+                    self.block(name, a, "axis not carried through this op")
 
 
 def _is_unknown_rank(view: GraphView, names) -> bool:
@@ -247,6 +269,7 @@ def analyze(view: GraphView, progress=None) -> DependencyGraph:
             ctx.block_node("shape of an input/output is unknown")
             continue
         r.analyze(ctx)
+        ctx.block_untouched()
         if progress:
             progress()
     for m in merges:

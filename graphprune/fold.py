@@ -132,8 +132,13 @@ NEEDS_NO_VALUES = {"Shape", "Size"}
 
 
 def fold_static_values(view: GraphView) -> dict[str, np.ndarray]:
-    """Values of node outputs computable now from constants and static sizes."""
+    """Values of node outputs computable now from constants and static sizes.
+
+    Also records in `view.folded_reads` which tensors' sizes each folded value was computed
+    from, so the rewrite can pin values whose source tensors shrink.
+    """
     folded: dict[str, np.ndarray] = {}
+    reads: dict[str, set[str]] = {}
 
     def value(name):
         if name in folded:
@@ -160,6 +165,11 @@ def fold_static_values(view: GraphView) -> dict[str, np.ndarray]:
             continue
         if out is not None and np.asarray(out).size <= LIMIT:
             folded[node.output[0]] = np.asarray(out)
+            src = {node.input[0]} if node.op_type in NEEDS_NO_VALUES else set()
+            for i in node.input:
+                src |= reads.get(i, set())
+            reads[node.output[0]] = src
+    view.folded_reads = reads
     return folded
 
 
@@ -190,7 +200,6 @@ def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:
     for k, v in shapes.items():  # never lose what the first inference knew
         if k not in merged or (merged[k] is not None and len(merged[k]) != len(v)):
             merged[k] = v
-    folded = view.folded
     view = GraphView(model, merged)
-    view.folded = fold_static_values(view) or folded
+    view.folded = fold_static_values(view)
     return view

@@ -65,6 +65,9 @@ class Unary(OpRule):
         for y in ctx.outputs:
             if y:
                 ctx.couple_same(x, y)
+        for extra in ctx.inputs[1:]:
+            if extra:
+                ctx.free(extra)  # Clip bounds, Dropout ratio, CastLike's type donor
 
     def macs(self, ctx):
         if ctx.node.op_type in ("Identity", "Dropout", "Cast", "CastLike"):

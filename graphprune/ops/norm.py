@@ -44,7 +44,9 @@ def _block_mixed(ctx, axes, why):
         ctx.block(y, a, why)
     for p in ctx.inputs[1:]:
         ctx.block(p, None, why)
-    for extra in ctx.outputs[1:]:
+    for extra in ctx.outputs[1:]:  # e.g. LayerNormalization's Mean / InvStdDev
+        if extra and ctx.rank(extra) == ctx.rank(x):
+            ctx.couple_same(x, extra, skip=tuple(axes))
         ctx.block(extra, None, why)
 
 

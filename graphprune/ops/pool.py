@@ -18,6 +18,9 @@ class Pool(OpRule):
         ctx.couple(x, 0, y, 0)
         ctx.couple(x, 1, y, 1)
         if len(ctx.outputs) > 1 and ctx.outputs[1]:
+            # Indices has Y's shape and encodes flat positions including the channel index
+            ctx.couple(x, 0, ctx.outputs[1], 0)
+            ctx.couple(x, 1, ctx.outputs[1], 1)
             ctx.block(ctx.outputs[1], None, "indices output encodes channel positions")
         if ctx.node.op_type == "MaxRoiPool":
             ctx.block_node("region pooling is not supported")

@@ -406,6 +406,8 @@ class Reshape(ShapeOnly):
 
     def rewrite(self, ctx):
         shp, y = ctx.inputs[1], ctx.outputs[0]
+        if ctx.const(shp) is None:
+            return  # frozen at analysis: target computed at run time
         target = ctx.const(shp).astype(np.int64).copy()
         changed = False
         for j in range(len(target)):
@@ -513,7 +515,7 @@ class Resize(OpRule):
     def rewrite(self, ctx):
         x = ctx.inputs[0]
         f = _resize_factors(ctx)
-        if not any(k == "size" for k, _ in f):
+        if f is None or not any(k == "size" for k, _ in f):
             return
         sizes = ctx.const(ctx.inputs[3]).astype(np.int64).copy()
         r = ctx.rank(x)
@@ -540,6 +542,8 @@ class Expand(ShapeOnly):
 
     def rewrite(self, ctx):
         shp, y = ctx.inputs[1], ctx.outputs[0]
+        if ctx.const(shp) is None:
+            return  # frozen at analysis: target computed at run time
         target = ctx.const(shp).astype(np.int64).copy()
         ry = ctx.rank(y)
         changed = False
@@ -571,11 +575,18 @@ class Tile(ShapeOnly):
 # ---------------------------------------------------------------------------- shape readers
 @rule("Shape", "Size")
 class ShapeOf(ShapeOnly):
-    """Reads sizes at run time, so any pruning of its input is reflected automatically; the
-    result vector itself is never pruned."""
+    """Reads sizes at run time. When the sizes it reads are static, its value is folded and
+    every use of it is pinned to the original value at rewrite (or rewritten by the consuming
+    rule), so pruning the input is safe. Sizes read at run time could flow anywhere: the input
+    axes are blocked then. The result vector itself is never pruned."""
 
     def analyze(self, ctx):
-        ctx.block(ctx.outputs[0], None, "shape vector")
+        x, y = ctx.inputs[0], ctx.outputs[0]
+        ctx.block(y, None, "shape vector")
+        if y in ctx.view.folded and y not in ctx.view.graph_outputs:
+            ctx.free(x)
+        else:
+            ctx.block(x, None, "its sizes are read at run time")
 
 
 @rule("ConstantOfShape")

@@ -192,6 +192,33 @@ class Rewriter:
             if r is not None:
                 r.rewrite(RewriteContext(self, node))
 
+    def pin_shape_computations(self) -> int:
+        """Inputs computed from the sizes of tensors that shrank get their original value as a
+        constant (rules that needed a new value have already replaced them): run-time shape
+        arithmetic must not see the pruned sizes where nothing accounted for them."""
+        shrunk = {name for name, _ in self.keep}
+        folded = self.view.folded
+        pinned = 0
+        for node in list(self.model.graph.node):
+            if node.output and node.output[0] in folded:
+                continue  # part of the computation itself
+            for idx, name in enumerate(node.input):
+                if name in folded and self.view.folded_reads.get(name, set()) & shrunk:
+                    new = self.fresh_name(f"{name}_static")
+                    self.add_initializer(new, folded[name])
+                    node.input[idx] = new
+                    pinned += 1
+        outputs = {o.name for o in self.model.graph.output}
+        for node in self.model.graph.node:
+            name = node.output[0] if node.output else ""
+            if name in outputs and name in folded and self.view.folded_reads.get(name, set()) & shrunk:
+                # a graph output computed from pruned sizes: it becomes its original value
+                const = helper.make_node("Constant", [], [name], name=node.name,
+                                         value=numpy_helper.from_array(folded[name]))
+                node.CopyFrom(const)
+                pinned += 1
+        return pinned
+
     def drop_stale_value_info(self) -> None:
         shrunk = {name for name, _ in self.keep}
         vis = [vi for vi in self.model.graph.value_info if vi.name not in shrunk]
@@ -211,5 +238,6 @@ def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:
                 rw.original_const(name)
     n_sliced = rw.slice_constants()
     rw.fix_nodes()
+    pinned = rw.pin_shape_computations()
     rw.drop_stale_value_info()
-    return {"tensors_sliced": n_sliced, "axes_shrunk": len(keep)}
+    return {"tensors_sliced": n_sliced, "axes_shrunk": len(keep), "shape_values_pinned": pinned}
