@@ -155,6 +155,18 @@ class AnalyzeContext:
         """Value of a small constant input (shape vectors, axes...), else None."""
         return self.view.small_const(name) if name else None
 
+    def partial(self, name: str) -> list | None:
+        """A run-time shape vector with some entries known statically: a list with None for
+        the entries only known at run time (e.g. [None, None, -1, 16] for [batch, seq, -1, 16]).
+        Fully known vectors come back as plain lists too."""
+        v = self.const(name)
+        if v is not None:
+            return v.reshape(-1).tolist()
+        p = self.view.partial.get(name) if name else None
+        if p is None or p[0].ndim != 1:
+            return None
+        return [int(x) if k else None for x, k in zip(p[0].tolist(), p[1].tolist())]
+
     def is_const(self, name: str) -> bool:
         return bool(name) and self.view.is_const(name)
 

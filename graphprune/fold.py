@@ -32,9 +32,17 @@ def _shape(view, node, vals):
     start = start + r if start < 0 else start
     end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
     dims = s[max(start, 0):min(end, r)]
-    if any(not isinstance(d, int) for d in dims):
-        return None
-    return np.array(dims, dtype=np.int64)
+    return np.array([d if isinstance(d, int) else 1 for d in dims], dtype=np.int64)
+
+
+def _shape_mask(view, node):
+    s = view.shape(node.input[0])
+    r = len(s)
+    start = int(attr(node, "start", 0))
+    end = attr(node, "end")
+    start = start + r if start < 0 else start
+    end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
+    return np.array([isinstance(d, int) for d in s[max(start, 0):min(end, r)]], dtype=bool)
 
 
 def _size(view, node, vals):
@@ -131,19 +139,35 @@ FOLDERS = {
 NEEDS_NO_VALUES = {"Shape", "Size"}
 
 
+# Ops whose output entries are a rearrangement of their first input's (all inputs' for Concat):
+# an entry is known exactly when the entry it came from is known.
+MOVE_OPS = {"Gather", "Slice", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Cast"}
+# Elementwise ops: an entry is known when every input entry it combines is known.
+POINTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Max", "Min", "Equal", "Where",
+                 "Floor", "Ceil"}
+
+
 def fold_static_values(view: GraphView) -> dict[str, np.ndarray]:
     """Values of node outputs computable now from constants and static sizes.
 
-    Also records in `view.folded_reads` which tensors' sizes each folded value was computed
+    Shape vectors of tensors with symbolic sizes are *partially* known ([batch, seq, 4, 16] with
+    batch and seq unknown); partial values are kept in `view.partial` as (value, known-mask)
+    pairs so rules can read the known entries. Fully known values are returned (and kept in
+    `view.folded`). `view.folded_reads` records which tensors' sizes each value was computed
     from, so the rewrite can pin values whose source tensors shrink.
     """
-    folded: dict[str, np.ndarray] = {}
+    vals: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
     reads: dict[str, set[str]] = {}
 
     def value(name):
-        if name in folded:
-            return folded[name]
-        return view.small_const(name, LIMIT) if name in view.consts else None
+        if name in vals:
+            return vals[name], masks[name]
+        if name in view.consts:
+            v = view.small_const(name, LIMIT)
+            if v is not None:
+                return v, np.ones(np.shape(v), dtype=bool)
+        return None
 
     for node in view.graph.node:
         fn = FOLDERS.get(node.op_type)
@@ -152,25 +176,53 @@ def fold_static_values(view: GraphView) -> dict[str, np.ndarray]:
         if node.output[0] in view.consts:
             continue
         if node.op_type in NEEDS_NO_VALUES:
-            vals = []
-        else:
-            vals = [value(i) if i else None for i in node.input]
-            if any(v is None for v, i in zip(vals, node.input) if i) or not vals:
+            ins, ms = [], []
+            if view.shape(node.input[0]) is None:
                 continue
-            if any(np.asarray(v).size > LIMIT for v in vals):
+        else:
+            got = [value(i) if i else None for i in node.input]
+            if not got or any(g is None for g, i in zip(got, node.input) if i):
+                continue
+            ins = [g[0] if g is not None else None for g in got]
+            ms = [g[1] if g is not None else None for g in got]
+            if any(np.asarray(v).size > LIMIT for v in ins if v is not None):
                 continue
         try:
-            out = fn(view, node, vals)
+            out = fn(view, node, ins)
+            mask = _out_mask(view, node, fn, ins, ms, out)
         except Exception:  # anything unusual: leave it dynamic
             continue
-        if out is not None and np.asarray(out).size <= LIMIT:
-            folded[node.output[0]] = np.asarray(out)
-            src = {node.input[0]} if node.op_type in NEEDS_NO_VALUES else set()
-            for i in node.input:
-                src |= reads.get(i, set())
-            reads[node.output[0]] = src
+        if out is None or mask is None or np.asarray(out).size > LIMIT:
+            continue
+        vals[node.output[0]] = np.asarray(out)
+        masks[node.output[0]] = np.broadcast_to(mask, np.shape(out)).copy()
+        src = {node.input[0]} if node.op_type in NEEDS_NO_VALUES else set()
+        for i in node.input:
+            src |= reads.get(i, set())
+        reads[node.output[0]] = src
     view.folded_reads = reads
-    return folded
+    view.partial = {k: (v, masks[k]) for k, v in vals.items() if not masks[k].all()}
+    return {k: v for k, v in vals.items() if masks[k].all()}
+
+
+def _out_mask(view, node, fn, ins, ms, out):
+    """Known-mask of an op's output, or None when a partially known input makes it unknowable."""
+    op = node.op_type
+    if op == "Shape":
+        return _shape_mask(view, node)
+    if all(m is None or m.all() for m in ms):
+        return np.ones(np.shape(out), dtype=bool)
+    if op == "Concat":
+        return np.concatenate([np.atleast_1d(m) for m in ms], axis=int(attr(node, "axis", 0)))
+    if op in MOVE_OPS:
+        if any(m is not None and not m.all() for m in ms[1:]):
+            return None  # indices/params themselves partly unknown
+        if op == "Cast":
+            return ms[0]
+        return np.asarray(fn(view, node, [ms[0]] + ins[1:])).astype(bool)
+    if op in POINTWISE_OPS:
+        return np.logical_and.reduce(np.broadcast_arrays(*[m for m in ms if m is not None]))
+    return None
 
 
 def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:

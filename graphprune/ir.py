@@ -72,6 +72,7 @@ class GraphView:
         self._value_cache: dict[str, np.ndarray] = {}
         self.folded: dict[str, np.ndarray] = {}  # statically computable values (see fold.py)
         self.folded_reads: dict[str, set[str]] = {}  # folded value -> tensors whose sizes it read
+        self.partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (value, known mask)
         self._collect_consts()
         self.shapes: dict[str, tuple[Dim, ...]] = dict(shapes or {})
         for name, c in self.consts.items():

@@ -320,13 +320,21 @@ def _reshape_segments(a_dims, b_dims):
     return segs, i == len(A) and j == len(B)
 
 
-def reshape_target_dims(xs, target):
+def reshape_target_dims(xs, target, inferred=None):
     """Output dims of Reshape(x, target), keeping symbolic names where they can be traced.
 
-    `0` copies the input dim; a single `-1` takes the one symbolic input dim when all other
-    sizes are static and the static products match (e.g. [N, C, h, w] → [-1, C·h·w]).
+    `0` copies the input dim; `None` (a run-time entry) takes the inferred output dim; a single
+    `-1` takes the one symbolic input dim when all other sizes are static and the static
+    products match (e.g. [N, C, h, w] → [-1, C·h·w]).
     """
-    out = [xs[k] if (t == 0 and k < len(xs)) else int(t) for k, t in enumerate(target)]
+    out = []
+    for k, t in enumerate(target):
+        if t is None:
+            out.append(inferred[k] if inferred is not None and k < len(inferred) else None)
+        elif t == 0 and k < len(xs):
+            out.append(xs[k])
+        else:
+            out.append(int(t))
     if -1 not in out:
         return out
     sym_in = [d for d in xs if not isinstance(d, int)]
@@ -390,28 +398,33 @@ def couple_view(ctx, x, y, what, ys=None):
 
 @rule("Reshape")
 class Reshape(ShapeOnly):
-    """Axes kept 1:1 are coupled; merges are block maps (see `_resolve_merge`); the constant
-    target shape is rewritten for every output axis that shrank."""
+    """Axes kept 1:1 are coupled; merges are block maps (see `_resolve_merge`); the target shape
+    entries of every output axis that shrank are rewritten. Targets computed at run time work
+    when the entries of the pruned axes are known statically ([batch, seq, 4, 16])."""
 
     def analyze(self, ctx):
         x, shp, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
-        target = ctx.const(shp)
+        target = ctx.partial(shp)
         if target is None:
             ctx.block_node("target shape is computed at run time")
             return
         ys = ctx.shape(y)
         if ys is None or any(not isinstance(d, int) for d in ys):
-            ys = reshape_target_dims(list(ctx.shape(x)), target.reshape(-1).tolist())
+            ys = reshape_target_dims(list(ctx.shape(x)), target, ys)
         couple_view(ctx, x, y, "reshape", ys)
+        for j, t in enumerate(target):
+            if t is None:  # a run-time entry: never rewritten, so never pruned
+                ctx.block(y, j, "reshape target entry computed at run time")
 
     def rewrite(self, ctx):
         shp, y = ctx.inputs[1], ctx.outputs[0]
         if ctx.const(shp) is None:
             return  # frozen at analysis: target computed at run time
         target = ctx.const(shp).astype(np.int64).copy()
+        known = ctx.known(shp)
         changed = False
         for j in range(len(target)):
-            if target[j] in (0, -1):
+            if target[j] in (0, -1) or (known is not None and not known[j]):
                 continue
             if ctx.keep(y, j) is not None:
                 target[j] = ctx.new_dim(y, j)
@@ -529,26 +542,36 @@ class Resize(OpRule):
 
 @rule("Expand")
 class Expand(ShapeOnly):
-    """Broadcast to a constant shape: input axes equal to the output axis are coupled."""
+    """Broadcast to a target shape: input axes equal to the output axis are coupled. The target
+    may be computed at run time as long as the entries of pruned axes are known statically."""
 
     def analyze(self, ctx):
         x, shp, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
-        if ctx.const(shp) is None:
+        target = ctx.partial(shp)
+        if target is None:
             ctx.block_node("target shape is computed at run time")
             return
         from .elementwise import couple_broadcast
 
         couple_broadcast(ctx, [x], y)
+        ry = ctx.rank(y)
+        for k, t in enumerate(target):
+            a = k + ry - len(target)
+            if t is None and ctx.dim(y, a) != ctx.dim(x, a - (ry - ctx.rank(x))):
+                ctx.block(y, a, "expanded to a size computed at run time")
 
     def rewrite(self, ctx):
         shp, y = ctx.inputs[1], ctx.outputs[0]
         if ctx.const(shp) is None:
             return  # frozen at analysis: target computed at run time
         target = ctx.const(shp).astype(np.int64).copy()
+        known = ctx.known(shp)
         ry = ctx.rank(y)
         changed = False
         for k in range(len(target)):
             a = k + ry - len(target)
+            if known is not None and not known[k]:
+                continue
             if target[k] != 1 and ctx.keep(y, a) is not None:
                 target[k] = ctx.new_dim(y, a)
                 changed = True
@@ -583,7 +606,7 @@ class ShapeOf(ShapeOnly):
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.block(y, None, "shape vector")
-        if y in ctx.view.folded and y not in ctx.view.graph_outputs:
+        if (y in ctx.view.folded or y in ctx.view.partial) and y not in ctx.view.graph_outputs:
             ctx.free(x)
         else:
             ctx.block(x, None, "its sizes are read at run time")

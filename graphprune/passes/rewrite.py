@@ -74,6 +74,11 @@ class RewriteContext:
     def virtual_name(self, suffix: str) -> str:
         return f"{self.node.name or self.node.output[0]}::{suffix}"
 
+    def known(self, name: str) -> np.ndarray | None:
+        """For a run-time shape vector: which entries are known statically (None if all are)."""
+        p = self.view.partial.get(name)
+        return None if p is None else p[1]
+
     def set_attr(self, name: str, value) -> None:
         for i, a in enumerate(self.node.attribute):
             if a.name == name:
@@ -104,6 +109,7 @@ class Rewriter:
         self.model = view.model
         self.keep = keep
         self._orig: dict[str, np.ndarray] = {}
+        self.inserts: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
         self._names = {t.name for t in self.model.graph.initializer}
         for n in self.model.graph.node:
             self._names.update(n.output)
@@ -112,7 +118,12 @@ class Rewriter:
     # ----------------------------------------------------------------- helpers
     def original_const(self, name: str) -> np.ndarray | None:
         if name not in self._orig:
-            v = self.view.const_value(name) if name in self.view.consts else self.view.folded.get(name)
+            if name in self.view.consts:
+                v = self.view.const_value(name)
+            elif name in self.view.partial:
+                v = self.view.partial[name][0]
+            else:
+                v = self.view.folded.get(name)
             self._orig[name] = None if v is None else np.array(v)
         return self._orig[name]
 
@@ -132,14 +143,50 @@ class Rewriter:
                 helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
 
     def set_node_const(self, node: onnx.NodeProto, idx: int, value: np.ndarray) -> None:
+        """Give a node input a new value: in place for a private constant, as a new initializer
+        for a shared or computed one, or — for a run-time shape vector whose known entries
+        changed — as `Where(known, new, computed)` so its run-time entries still flow."""
         name = node.input[idx]
         users = self.view.consumers.get(name, [])
+        if name in self.view.partial:
+            old, known = self.view.partial[name]
+            changed = known & (np.asarray(value) != old)
+            if changed.any():
+                self.patch_entries(node, idx, changed, np.asarray(value))
+            return
         if len(users) == 1 and name not in self.view.graph_outputs and name in self.view.consts:
             self.write_const(name, value)
         else:
             new = self.fresh_name(f"{name}_pruned")
             self.add_initializer(new, value)
             node.input[idx] = new
+
+    def patch_entries(self, node: onnx.NodeProto, idx: int, where: np.ndarray,
+                      value: np.ndarray) -> None:
+        """Replace some entries of a computed 1-D input with constants, before `node`."""
+        name = node.input[idx]
+        base = self.fresh_name(f"{name}_patched")
+        mask_name, val_name = self.fresh_name(base + "_mask"), self.fresh_name(base + "_value")
+        self.add_initializer(mask_name, np.asarray(where, dtype=bool))
+        self.add_initializer(val_name, np.asarray(value).astype(self.view.partial[name][0].dtype))
+        patch = helper.make_node("Where", [mask_name, val_name, name], [base], name=base)
+        self.inserts.append((node, patch))
+        node.input[idx] = base
+
+    def insert_pending(self) -> None:
+        """Place patch nodes right before their consumers (keeps the graph sorted)."""
+        if not self.inserts:
+            return
+        before: dict[int, list] = {}
+        for consumer, new in self.inserts:
+            before.setdefault(id(consumer), []).append(new)
+        nodes = []
+        for n in self.model.graph.node:
+            nodes.extend(before.get(id(n), []))
+            nodes.append(n)
+        del self.model.graph.node[:]
+        self.model.graph.node.extend(nodes)
+        self.inserts = []
 
     def write_const(self, name: str, value: np.ndarray) -> None:
         """Replace the value of a constant source, wherever it is stored."""
@@ -200,13 +247,19 @@ class Rewriter:
         folded = self.view.folded
         pinned = 0
         for node in list(self.model.graph.node):
-            if node.output and node.output[0] in folded:
+            if node.output and (node.output[0] in folded or node.output[0] in self.view.partial):
                 continue  # part of the computation itself
             for idx, name in enumerate(node.input):
-                if name in folded and self.view.folded_reads.get(name, set()) & shrunk:
+                if not self.view.folded_reads.get(name, set()) & shrunk:
+                    continue
+                if name in folded:
                     new = self.fresh_name(f"{name}_static")
                     self.add_initializer(new, folded[name])
                     node.input[idx] = new
+                    pinned += 1
+                elif name in self.view.partial:
+                    old, known = self.view.partial[name]
+                    self.patch_entries(node, idx, known, old)
                     pinned += 1
         outputs = {o.name for o in self.model.graph.output}
         for node in self.model.graph.node:
@@ -234,10 +287,11 @@ def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:
     for node in view.graph.node:
         for name in node.input:
             if name and ((name in view.consts and view.consts[name].numel <= 4096)
-                         or name in view.folded):
+                         or name in view.folded or name in view.partial):
                 rw.original_const(name)
     n_sliced = rw.slice_constants()
     rw.fix_nodes()
     pinned = rw.pin_shape_computations()
+    rw.insert_pending()
     rw.drop_stale_value_info()
     return {"tensors_sliced": n_sliced, "axes_shrunk": len(keep), "shape_values_pinned": pinned}
