@@ -19,10 +19,12 @@ from . import __version__
 from .dependency import DependencyGraph, analyze
 from .errors import UserError
 from .fold import static_view
+from .ir import GraphView
 from .metrics import count_macs, count_params
 from .model_io import file_bytes, infer_shapes, load_model, save_model
 from .passes import validate as validate_pass
 from .passes.rewrite import rewrite
+from .passes.untie import retie_identical, untie_shared_constants
 from .passes.score import CRITERIA
 from .passes.select import Plan, apply_protect, select
 
@@ -116,8 +118,10 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
         original, in_path, in_bytes = _load(model)
         work = onnx.ModelProto()
         work.CopyFrom(original)
+        params_before = count_params(GraphView(work))
+        copies = untie_shared_constants(work)
         view = static_view(work, infer_shapes(work))
-        before = {"params": count_params(view), "macs": count_macs(view)}
+        before = {"params": params_before, "macs": count_macs(view)}
         if in_bytes is None:
             in_bytes = original.ByteSize()
     with timer.phase("analyze"):
@@ -130,6 +134,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
                       round_to=opts.round_to, min_keep=opts.min_keep)
     with timer.phase("rewrite"):
         counts = rewrite(view, dg, plan)
+        counts["constants_retied"] = retie_identical(work, copies)
     fid = None
     with timer.phase("validate"):
         after_view = static_view(work, infer_shapes(work))
