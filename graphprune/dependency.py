@@ -60,6 +60,9 @@ class Group:
     def label(self) -> str:
         """A short human name: the first weight member, else the first dim node."""
         for m in self.members:
+            if m.role == ROLE_OUT and "__use" not in m.tensor:
+                return f"{m.tensor}[{m.axis}]"
+        for m in self.members:
             if m.role == ROLE_OUT:
                 return f"{m.tensor}[{m.axis}]"
         for m in self.members:
@@ -81,6 +84,9 @@ class DependencyGraph:
         self.groups: list[Group] = []
         self.group_of: dict[DimNode, int] = {}
         self.node_notes: dict[str, str] = {}  # node name -> why it froze its neighbourhood
+        self.split_mode = "minor"  # how axis-splitting reshapes couple: major|minor|block
+        self.head_axes: set[DimNode] = set()  # head axes created by splitting reshapes
+        self.has_attention = False
         self.unsupported_ops: dict[str, int] = {}
 
     # --------------------------------------------------------------- building blocks
@@ -248,9 +254,25 @@ def _is_unknown_rank(view: GraphView, names) -> bool:
     return any(n and view.rank(n) is None for n in names)
 
 
-def analyze(view: GraphView, progress=None) -> DependencyGraph:
-    """Build the dependency graph of a model and split it into groups."""
+KINDS = ("channels", "heads", "mlp", "hidden")
+
+
+def has_attention(view: GraphView) -> bool:
+    """A MatMul of two computed tensors (scores = Q·Kᵀ) marks a graph with attention."""
+    return any(n.op_type == "MatMul" and not any(view.is_const(i) for i in n.input)
+               for n in view.graph.node)
+
+
+def analyze(view: GraphView, progress=None, dims=KINDS) -> DependencyGraph:
+    """Build the dependency graph of a model and split it into groups.
+
+    `dims` selects the kinds of groups that may be pruned: channels (convolutions), heads
+    (attention heads), mlp (transformer intermediate widths), hidden (the residual stream).
+    """
     dg = DependencyGraph(view)
+    dg.has_attention = has_attention(view)
+    if dg.has_attention:
+        dg.split_mode = "major" if "heads" in dims else "block"
     merges: list = []
     for name in view.graph_inputs:
         dg.add_tensor(name)
@@ -287,12 +309,33 @@ def analyze(view: GraphView, progress=None) -> DependencyGraph:
     for m in merges:
         _resolve_merge(dg, *m)
     _build_groups(dg)
+    _assign_kinds(dg, dims)
     return dg
+
+
+def _assign_kinds(dg: DependencyGraph, dims) -> None:
+    """Name each group's kind and freeze the kinds not selected."""
+    conv_weights = {n.input[1] for n in dg.view.graph.node
+                    if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1}
+    for grp in dg.groups:
+        if any(dn in dg.head_axes for dn in grp.dims):
+            grp.kind = "head"
+        elif dg.has_attention and not any(m.tensor in conv_weights for m in grp.members):
+            grp.kind = "mlp"
+        else:
+            grp.kind = "channel"
+        plural = {"head": "heads", "channel": "channels"}.get(grp.kind, grp.kind)
+        if grp.frozen_reason is None and plural not in dims:
+            grp.frozen_reason = f"{plural} not selected (--dims)"
 
 
 # ------------------------------------------------------------------ merges
 def _component_has_weight(dg: DependencyGraph, dn: DimNode) -> bool:
-    for other in nx.node_connected_component(dg.g, dn):
+    """Whether the axis's current component holds a weight and nothing blocks it."""
+    comp = nx.node_connected_component(dg.g, dn)
+    if any(other in dg.blocked for other in comp):
+        return False
+    for other in comp:
         if other[0] in dg.view.consts and dg.roles.get(other) in (ROLE_OUT, ROLE_IN):
             return True
     return False

@@ -100,7 +100,10 @@ def _load(model) -> tuple[onnx.ModelProto, str | None, int | None]:
 def analyze_model(model, progress=None):
     """Dependency groups of a model (path or ModelProto), without changing it."""
     m, _, _ = _load(model)
-    view = static_view(m, infer_shapes(m))
+    work = onnx.ModelProto()
+    work.CopyFrom(m)
+    untie_shared_constants(work)
+    view = static_view(work, infer_shapes(work))
     return view, analyze(view)
 
 

@@ -282,42 +282,55 @@ class Unsqueeze(ShapeOnly):
             src += 1
 
 
-def _reshape_segments(a_dims, b_dims):
-    """Match the axes of a row-major reshape into segments of equal element count.
-
-    Returns a list of (input_axes, output_axes). Size-1 axes are left out (they carry nothing to
-    prune). Returns None for the rest of the dims once a symbolic size makes products ambiguous.
-    """
-    A = [(i, d) for i, d in enumerate(a_dims) if d != 1]
-    B = [(j, d) for j, d in enumerate(b_dims) if d != 1]
+def _match_forward(A, B):
+    """Greedy row-major matching of (axis, size) lists from the left. Returns the segments
+    found and how many entries of A and B they consumed (stops at an ambiguous symbolic size)."""
     segs, i, j = [], 0, 0
     while i < len(A) and j < len(B):
         (ia, da), (jb, db) = A[i], B[j]
         if da == db and da is not None:
             segs.append(([ia], [jb]))
-            i += 1
-            j += 1
+            i, j = i + 1, j + 1
             continue
         if not isinstance(da, int) or not isinstance(db, int):
-            return segs, False
-        ii, jj, pa, pb = [ia], [jb], da, db
+            break
+        ii, jj, pa, pb, i2, j2 = [ia], [jb], da, db, i, j
         while pa != pb:
             if pa < pb:
-                i += 1
-                if i >= len(A) or not isinstance(A[i][1], int):
-                    return segs, False
-                pa *= A[i][1]
-                ii.append(A[i][0])
+                i2 += 1
+                if i2 >= len(A) or not isinstance(A[i2][1], int):
+                    break
+                pa *= A[i2][1]
+                ii.append(A[i2][0])
             else:
-                j += 1
-                if j >= len(B) or not isinstance(B[j][1], int):
-                    return segs, False
-                pb *= B[j][1]
-                jj.append(B[j][0])
+                j2 += 1
+                if j2 >= len(B) or not isinstance(B[j2][1], int):
+                    break
+                pb *= B[j2][1]
+                jj.append(B[j2][0])
+        if pa != pb:
+            break
         segs.append((ii, jj))
-        i += 1
-        j += 1
-    return segs, i == len(A) and j == len(B)
+        i, j = i2 + 1, j2 + 1
+    return segs, i, j
+
+
+def _reshape_segments(a_dims, b_dims):
+    """Match the axes of a row-major reshape into segments of equal element count.
+
+    Returns (segments, complete): a list of (input_axes, output_axes) and whether every axis was
+    matched. Size-1 axes are left out (they carry nothing to prune). Matching runs from the left
+    and then from the right, so a symbolic merge in front ([B·S, 192] ↔ [B, S, 192]) still lets
+    the trailing axes match.
+    """
+    A = [(i, d) for i, d in enumerate(a_dims) if d != 1]
+    B = [(j, d) for j, d in enumerate(b_dims) if d != 1]
+    segs, i, j = _match_forward(A, B)
+    if i == len(A) and j == len(B):
+        return segs, True
+    back, bi, bj = _match_forward(A[i:][::-1], B[j:][::-1])
+    segs += [(sorted(ii), sorted(jj)) for ii, jj in back]
+    return segs, bi == len(A) - i and bj == len(B) - j
 
 
 def reshape_target_dims(xs, target, inferred=None):
@@ -358,6 +371,34 @@ def reshape_target_dims(xs, target, inferred=None):
     return out
 
 
+def split_axis(ctx, x, i, y, jj, what):
+    """[C] → [d0, ..., dk]: couple C to ONE output axis, block the others.
+
+    In graphs with attention (and heads selected) the major axis is kept: input position c is
+    head c // (d1·...·dk), so a unit is a whole head. Otherwise the minor axis: c ↔ c % dk, so a
+    unit is "position j of every block" (a channel shuffle's channel j of each group). With
+    attention but heads not selected, the split is blocked.
+    """
+    mode = ctx.dg.split_mode
+    if mode == "block":
+        for j in jj:
+            ctx.block(y, j, f"{what} splits attention heads (heads not selected)")
+        ctx.block(x, i, f"{what} splits attention heads (heads not selected)")
+        return
+    n = ctx.static_dim(x, i)
+    dims = [ctx.static_dim(y, j) for j in jj]
+    c = np.arange(n)
+    if mode == "major":
+        chosen, src = jj[0], c // int(np.prod(dims[1:], dtype=np.int64))
+        ctx.dg.head_axes.add((y, chosen))
+    else:
+        chosen, src = jj[-1], c % dims[-1]
+    ctx.couple(x, i, y, chosen, (c, src))
+    for j in jj:
+        if j != chosen:
+            ctx.block(y, j, f"{what} splits an axis; only one of its parts is pruned")
+
+
 def couple_view(ctx, x, y, what, ys=None):
     """Couple the axes of a reshape-like view x → y (same data, row-major order)."""
     xs = ctx.shape(x)
@@ -372,14 +413,7 @@ def couple_view(ctx, x, y, what, ys=None):
         elif len(jj) == 1:
             ctx.merge(y, jj[0], [(x, i) for i in ii])
         elif len(ii) == 1:
-            # [C] → [d0, ..., dk]: input position c is coordinate c % dk of the minor axis. Pruning
-            # unit j of the minor axis removes position j of every block (a channel shuffle's
-            # "channel j of each group", an attention head's dimension j of every head).
-            n, dk = ctx.static_dim(x, ii[0]), ctx.static_dim(y, jj[-1])
-            c = np.arange(n)
-            ctx.couple(x, ii[0], y, jj[-1], (c, c % dk))
-            for j in jj[:-1]:
-                ctx.block(y, j, f"{what} splits an axis; only its minor part is pruned")
+            split_axis(ctx, x, ii[0], y, jj, what)
         else:
             why = (f"{what} splits one axis into several" if len(ii) == 1
                    else f"{what} regroups several axes")
