@@ -231,11 +231,17 @@ def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:
     ONNX shape inference cannot see through run-time shape computations; once their values are
     folded, inference is re-run on a scratch copy in which they are plain initializers.
     """
+    from .model_io import infer_shapes
+    from .shape_probe import merge_probed, probe_shapes
+
     view = GraphView(model, shapes)
     view.folded = fold_static_values(view)
     if not view.folded:
+        probed = probe_shapes(model, shapes)
+        if probed:
+            view = GraphView(model, merge_probed(shapes, probed))
+            view.folded = fold_static_values(view)
         return view
-    from .model_io import infer_shapes
 
     scratch = onnx.ModelProto()
     scratch.CopyFrom(model)
@@ -252,6 +258,9 @@ def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:
     for k, v in shapes.items():  # never lose what the first inference knew
         if k not in merged or (merged[k] is not None and len(merged[k]) != len(v)):
             merged[k] = v
+    probed = probe_shapes(model, merged)
+    if probed:
+        merged = merge_probed(merged, probed)
     view = GraphView(model, merged)
     view.folded = fold_static_values(view)
     return view
