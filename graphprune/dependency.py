@@ -87,6 +87,8 @@ class DependencyGraph:
         self.split_mode = "minor"  # how axis-splitting reshapes couple: major|minor|block
         self.head_axes: set[DimNode] = set()  # head axes created by splitting reshapes
         self.has_attention = False
+        self.allow_hidden = False  # transformer residual stream may shrink (norms approximate)
+        self.hidden_axes: set[DimNode] = set()  # axes normalized over by LayerNorm/RMSNorm
         self.unsupported_ops: dict[str, int] = {}
 
     # --------------------------------------------------------------- building blocks
@@ -273,6 +275,7 @@ def analyze(view: GraphView, progress=None, dims=KINDS) -> DependencyGraph:
     dg.has_attention = has_attention(view)
     if dg.has_attention:
         dg.split_mode = "major" if "heads" in dims else "block"
+        dg.allow_hidden = "hidden" in dims
     merges: list = []
     for name in view.graph_inputs:
         dg.add_tensor(name)
@@ -320,6 +323,8 @@ def _assign_kinds(dg: DependencyGraph, dims) -> None:
     for grp in dg.groups:
         if any(dn in dg.head_axes for dn in grp.dims):
             grp.kind = "head"
+        elif any(dn in dg.hidden_axes for dn in grp.dims):
+            grp.kind = "hidden"
         elif dg.has_attention and not any(m.tensor in conv_weights for m in grp.members):
             grp.kind = "mlp"
         else:

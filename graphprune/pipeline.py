@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .dependency import DependencyGraph, analyze
+from .dependency import KINDS, DependencyGraph, analyze
 from .errors import UserError
 from .fold import static_view
 from .ir import GraphView
@@ -41,8 +41,14 @@ class PruneOptions:
     protect: list[str] = field(default_factory=list)
     seed: int = 0
     validate: bool = True
+    dims: tuple[str, ...] = KINDS
 
     def check(self) -> None:
+        if isinstance(self.dims, str):
+            self.dims = tuple(d.strip() for d in self.dims.split(",") if d.strip())
+        bad = [d for d in self.dims if d not in KINDS]
+        if bad or not self.dims:
+            raise UserError(f"--dims takes a comma list of {','.join(KINDS)}; got {bad or 'nothing'}")
         if not 0.0 <= self.ratio < 1.0:
             raise UserError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.criterion not in CRITERIA:
@@ -97,14 +103,14 @@ def _load(model) -> tuple[onnx.ModelProto, str | None, int | None]:
     return load_model(path), str(path), file_bytes(path) if path.exists() else None
 
 
-def analyze_model(model, progress=None):
+def analyze_model(model, progress=None, dims=KINDS):
     """Dependency groups of a model (path or ModelProto), without changing it."""
     m, _, _ = _load(model)
     work = onnx.ModelProto()
     work.CopyFrom(m)
     untie_shared_constants(work)
     view = static_view(work, infer_shapes(work))
-    return view, analyze(view)
+    return view, analyze(view, dims=dims)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
@@ -128,7 +134,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
         if in_bytes is None:
             in_bytes = original.ByteSize()
     with timer.phase("analyze"):
-        dg = analyze(view)
+        dg = analyze(view, dims=opts.dims)
         apply_protect(dg, opts.protect)
     with timer.phase("score"):
         scores = CRITERIA[opts.criterion](dg, seed=opts.seed)
@@ -177,7 +183,8 @@ def build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, ti
         "input": in_path,
         "output": None,
         "criterion": opts.criterion,
-        "target": {"ratio": opts.ratio, "global": opts.global_rank, "round_to": opts.round_to,
+        "target": {"ratio": opts.ratio, "dims": list(opts.dims), "global": opts.global_rank,
+                   "round_to": opts.round_to,
                    "min_keep": opts.min_keep, "protect": list(opts.protect), "seed": opts.seed},
         "params": {"before": before["params"], "after": after["params"]},
         "macs": {"before": before["macs"], "after": after["macs"]},

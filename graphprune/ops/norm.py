@@ -62,11 +62,31 @@ class GroupNorm(OpRule):
         _block_mixed(ctx, [1], "normalizes across channel groups")
 
 
+def normalize_last_axis(ctx, x, y, params):
+    """Hidden-size pruning of a transformer: a norm over the last axis keeps working on fewer
+    features (its statistics are then taken over the kept ones: an approximation, which is why
+    only the `hidden` kind does this). Scale and bias shrink with the axis."""
+    last = ctx.rank(x) - 1
+    ctx.couple_same(x, y)
+    for p in params:
+        if p and ctx.rank(p) >= 1:
+            ctx.couple(x, last, p, ctx.rank(p) - 1)
+            ctx.role(p, ctx.rank(p) - 1, ROLE_OUT)
+            for a in range(ctx.rank(p) - 1):
+                ctx.free(p, a)
+    ctx.dg.hidden_axes.add((x, last))
+
+
 @rule("LayerNormalization")
 class LayerNorm(OpRule):
     def analyze(self, ctx):
-        r = ctx.rank(ctx.inputs[0])
+        x = ctx.inputs[0]
+        r = ctx.rank(x)
         axis = int(ctx.attr("axis", -1)) % r
+        used_extra = [o for o in ctx.outputs[1:] if o]
+        if ctx.dg.allow_hidden and axis == r - 1 and not used_extra:
+            normalize_last_axis(ctx, x, ctx.outputs[0], ctx.inputs[1:3])
+            return
         _block_mixed(ctx, list(range(axis, r)), "normalizes over this axis")
 
 

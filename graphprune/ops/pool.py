@@ -77,11 +77,22 @@ def couple_reduction(ctx, x, y, axes, keepdims):
 @rule(*REDUCE_OPS)
 class Reduce(OpRule):
     def analyze(self, ctx):
+        x = ctx.inputs[0]
         axes = reduce_axes(ctx)
         if axes is None:
             ctx.block_node("reduction axes are computed at run time")
             return
-        couple_reduction(ctx, ctx.inputs[0], ctx.outputs[0], axes, int(ctx.attr("keepdims", 1)))
+        keepdims = int(ctx.attr("keepdims", 1))
+        last = ctx.rank(x) - 1
+        if (ctx.dg.allow_hidden and axes == [last] and ctx.node.op_type == "ReduceMean"
+                and keepdims):
+            # the mean of an RMSNorm: over fewer hidden features once they are pruned
+            for a in range(last):
+                ctx.couple(x, a, ctx.outputs[0], a)
+            ctx.free(x, last)
+            ctx.dg.hidden_axes.add((x, last))
+            return
+        couple_reduction(ctx, x, ctx.outputs[0], axes, keepdims)
 
     def macs(self, ctx):
         return ctx.numel(ctx.node.input[0])

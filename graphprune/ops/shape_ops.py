@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dependency import ROLE_OUT
 from .registry import OpRule, rule
 
 
@@ -196,6 +197,7 @@ class Gather(ShapeOnly):
             ctx.couple(data, a, y, a)
         for a in range(axis + 1, rd):
             ctx.couple(data, a, y, a + ri - 1)
+            ctx.role(data, a, ROLE_OUT)  # an embedding table's feature axis
         for a in range(ri):
             ctx.couple(idx, a, y, axis + a)
         vals = ctx.const(idx)
