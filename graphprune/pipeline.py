@@ -28,7 +28,7 @@ from .passes.untie import retie_identical, untie_shared_constants
 from .passes.score import CRITERIA
 from .passes.select import Plan, apply_protect, select
 
-PHASES = ("load", "analyze", "score", "select", "rewrite", "validate", "write")
+PHASES = ("load", "depth", "analyze", "score", "select", "rewrite", "validate", "write")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PruneOptions:
     seed: int = 0
     validate: bool = True
     dims: tuple[str, ...] = KINDS
+    drop_blocks: int = 0
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -49,6 +50,8 @@ class PruneOptions:
         bad = [d for d in self.dims if d not in KINDS]
         if bad or not self.dims:
             raise UserError(f"--dims takes a comma list of {','.join(KINDS)}; got {bad or 'nothing'}")
+        if self.drop_blocks < 0:
+            raise UserError(f"--drop-blocks must be >= 0, got {self.drop_blocks}")
         if not 0.0 <= self.ratio < 1.0:
             raise UserError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.criterion not in CRITERIA:
@@ -133,6 +136,10 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
         before = {"params": params_before, "macs": count_macs(view)}
         if in_bytes is None:
             in_bytes = original.ByteSize()
+    blocks = []
+    if opts.drop_blocks:
+        with timer.phase("depth"):
+            view, blocks = _drop_blocks(work, view, opts)
     with timer.phase("analyze"):
         dg = analyze(view, dims=opts.dims)
         apply_protect(dg, opts.protect)
@@ -152,7 +159,26 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
             fid = validate_pass.validate(original, work, seed=opts.seed)
     report = build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, timer.t,
                           counts, scores)
+    if blocks:
+        report["blocks"] = [{"add": b.add, "kind": b.kind, "score": round(b.score, 6),
+                             "dropped": b.dropped} for b in blocks]
+        report["groups"] += [{"id": f"block:{b.add}", "kind": "block", "name": b.add,
+                              "size_before": 1, "size_after": 0 if b.dropped else 1,
+                              "members": [], "frozen_reason": None} for b in blocks]
     return PruneResult(work, report, dg, plan)
+
+
+def _drop_blocks(work, view, opts):
+    """Score residual blocks on random inputs and remove the `drop_blocks` least useful."""
+    from .passes.depth import calibration_feeds, drop_blocks, find_residual_blocks, score_blocks
+
+    blocks = find_residual_blocks(view)
+    if opts.drop_blocks > len(blocks):
+        raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
+                        "residual blocks")
+    score_blocks(work, blocks, calibration_feeds(work, view, seed=opts.seed))
+    drop_blocks(work, blocks, opts.drop_blocks)
+    return static_view(work, infer_shapes(work)), blocks
 
 
 def build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, timings, counts,

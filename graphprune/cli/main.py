@@ -73,6 +73,9 @@ def main():
               help="Kinds of groups to prune: channels (convolutions), heads (attention heads; "
                    "a GQA kv head goes with its query heads), mlp (transformer intermediate "
                    "width), hidden (the residual stream).")
+@click.option("--drop-blocks", type=int, default=0, show_default=True,
+              help="Remove the N residual sub-blocks (attention/MLP, identity-shortcut blocks) "
+                   "that change the stream least (1 - cosine on random inputs).")
 @click.option("--global", "global_rank", is_flag=True,
               help="Rank units across all groups (normalized) instead of a uniform ratio per group.")
 @click.option("--round-to", type=int, default=1, show_default=True,
@@ -88,7 +91,8 @@ def main():
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_cmd(model, ratio, output, criterion, dims, global_rank, round_to, min_keep, protect,
+def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, round_to, min_keep,
+              protect,
               report, external_data, seed, quiet, as_json, debug):
     """Prune MODEL and write a smaller, valid ONNX model."""
     from ..pipeline import prune
@@ -101,7 +105,7 @@ def prune_cmd(model, ratio, output, criterion, dims, global_rank, round_to, min_
             raise UserError(f"{out.parent}: output folder does not exist")
         res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
                     round_to=round_to, min_keep=min_keep, protect=list(protect), seed=seed,
-                    dims=dims, progress=_progress(quiet or as_json))
+                    dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json))
         res.save(out, external_data=external_data)
         if report:
             report.write_text(json.dumps(res.report, indent=2) + "\n")
