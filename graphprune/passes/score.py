@@ -43,9 +43,12 @@ def slice_power_sums(view: GraphView, name: str, axis: int, p: float) -> np.ndar
     w = np.asarray(view.const_value(name))
     if w.ndim == 0:
         return np.zeros(1)
-    w = np.abs(w.astype(np.float64, copy=False))
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(np.float32)
+    powered = w * w if p == 2 else np.abs(w) ** p
     other = tuple(a for a in range(w.ndim) if a != axis)
-    return np.sum(w ** p, axis=other) if other else w ** p
+    out = np.sum(powered, axis=other, dtype=np.float64) if other else powered
+    return np.asarray(out, dtype=np.float64)
 
 
 @criterion("magnitude")
