@@ -259,10 +259,14 @@ def _is_unknown_rank(view: GraphView, names) -> bool:
 KINDS = ("channels", "heads", "mlp", "hidden")
 
 
+ATTENTION_OPS = {"MultiHeadAttention", "Attention", "GroupQueryAttention", "PackedAttention"}
+
+
 def has_attention(view: GraphView) -> bool:
-    """A MatMul of two computed tensors (scores = Q·Kᵀ) marks a graph with attention."""
-    return any(n.op_type == "MatMul" and not any(view.is_const(i) for i in n.input)
-               for n in view.graph.node)
+    """A MatMul of two computed tensors (scores = Q·Kᵀ), or a fused attention op, marks a
+    graph with attention."""
+    return any((n.op_type in ("MatMul", "FusedMatMul") and not any(view.is_const(i) for i in n.input))
+               or n.op_type in ATTENTION_OPS for n in view.graph.node)
 
 
 def analyze(view: GraphView, progress=None, dims=KINDS) -> DependencyGraph:

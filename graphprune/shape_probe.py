@@ -69,8 +69,10 @@ def probe_shapes(model: onnx.ModelProto, shapes: dict) -> dict[str, tuple[Dim, .
     names = []
     for node in probe.graph.node:
         for o in node.output:
-            if o and o not in existing and o in types:
-                probe.graph.output.append(onnx.helper.make_tensor_value_info(o, types[o], None))
+            if o and o not in existing:
+                probe.graph.output.append(
+                    onnx.helper.make_tensor_value_info(o, types[o], None) if o in types
+                    else onnx.helper.make_empty_tensor_value_info(o))
                 names.append(o)
     names += [o.name for o in model.graph.output]
     for sizes_a, sizes_b in (PROBE_SIZES, FALLBACK_SIZES):

@@ -1,0 +1,132 @@
+"""ONNX Runtime contrib ops (domain com.microsoft) that optimized transformer graphs carry.
+
+Models saved after ORT's transformer optimizer fuse GELU, bias adds, skip + LayerNorm, MatMul
+with transposes and multi-head attention into these ops. Their semantics are documented by ONNX
+Runtime; each rule here restates them in coupling terms.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dependency import ROLE_IN, ROLE_OUT
+from .elementwise import couple_broadcast
+from .norm import normalize_last_axis
+from .registry import OpRule, rule
+
+MS = "com.microsoft"
+
+
+@rule("FastGelu", "BiasGelu", "QuickGelu", "Gelu", "BiasAdd", domain=MS)
+class ContribElementwise(OpRule):
+    """GELU variants with an optional bias broadcast over the last axis; BiasAdd = X + bias +
+    skip. All elementwise with broadcasting."""
+
+    def analyze(self, ctx):
+        couple_broadcast(ctx, [i for i in ctx.inputs if i], ctx.outputs[0])
+
+
+@rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+      "SimplifiedLayerNormalization", domain=MS)
+class ContribLayerNorm(OpRule):
+    """(input [+ skip + bias]) normalized over the last axis, scaled by gamma (+ beta).
+
+    Prunable along the hidden axis only when hidden-size pruning is on (an approximation, like
+    LayerNormalization); extra outputs (mean, inverse std, the summed input) follow the input.
+    """
+
+    def analyze(self, ctx):
+        x, y = ctx.inputs[0], ctx.outputs[0]
+        r = ctx.rank(x)
+        simplified = ctx.node.op_type == "SimplifiedLayerNormalization"
+        data = [x] if simplified else [i for i in ctx.inputs[:2] if i]
+        params = ctx.inputs[1:] if simplified else ctx.inputs[2:]
+        summed = ctx.outputs[3] if len(ctx.outputs) > 3 and ctx.outputs[3] else ""
+        stats = [o for o in ctx.outputs[1:3] if o] if not simplified else [
+            o for o in ctx.outputs[1:] if o]
+        for d in data[1:]:
+            couple_broadcast(ctx, [d], x)
+        if summed:
+            ctx.couple_same(x, summed)
+        if ctx.dg.allow_hidden and not stats:
+            normalize_last_axis(ctx, x, y, params)
+            return
+        why = "normalizes over this axis"
+        ctx.couple_same(x, y, skip=(r - 1,))
+        for t in [x, y] + data[1:] + ([summed] if summed else []):
+            ctx.block(t, ctx.rank(t) - 1, why)
+        for p in list(params) + stats:
+            ctx.block(p, None, why)
+
+
+@rule("FusedMatMul", domain=MS)
+class FusedMatMul(OpRule):
+    """alpha · op(A) · op(B), op = optional transpose of the last two axes (transBatch* unset)."""
+
+    def analyze(self, ctx):
+        if int(ctx.attr("transBatchA", 0)) or int(ctx.attr("transBatchB", 0)):
+            ctx.block_node("batch-transposing FusedMatMul")
+            return
+        a, b = ctx.inputs[:2]
+        y = ctx.outputs[0]
+        ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+        if ra < 2 or rb < 2:
+            ctx.block_node("1-D operand")
+            return
+        a_m, a_k = (ra - 1, ra - 2) if int(ctx.attr("transA", 0)) else (ra - 2, ra - 1)
+        b_k, b_n = (rb - 1, rb - 2) if int(ctx.attr("transB", 0)) else (rb - 2, rb - 1)
+        ctx.couple(a, a_k, b, b_k)
+        ctx.couple(a, a_m, y, ry - 2)
+        ctx.couple(b, b_n, y, ry - 1)
+        ctx.role(b, b_k, ROLE_IN)
+        ctx.role(b, b_n, ROLE_OUT)
+        ctx.role(a, a_k, ROLE_IN)
+        for name, r in ((a, ra), (b, rb)):
+            for k in range(r - 2):
+                ko = k + (ry - 2) - (r - 2)
+                if ctx.dim(name, k) == ctx.dim(y, ko) and ctx.dim(name, k) is not None:
+                    ctx.couple(name, k, y, ko)
+
+    def macs(self, ctx):
+        a = ctx.shape(ctx.node.input[0])
+        k = a[-2] if int(ctx.attr("transA", 0)) else a[-1]
+        return int(ctx.numel(ctx.node.output[0]) * k)
+
+
+@rule("MultiHeadAttention", domain=MS)
+class MultiHeadAttention(OpRule):
+    """query/key/value [B, S, H·D] (separate, unpacked), output [B, S, H·D'], `num_heads` = H.
+
+    Position c of a projected axis belongs to head c // D; a unit is one head of all of them,
+    and `num_heads` is rewritten to the heads kept. Packed or cached forms (key/value of rank 4
+    or 5, past/present state) are frozen.
+    """
+
+    def analyze(self, ctx):
+        ins = ctx.inputs + [""] * (10 - len(ctx.inputs))
+        q, k, v = ins[0], ins[1], ins[2]
+        y = ctx.outputs[0]
+        h = int(ctx.attr("num_heads", 0))
+        extra_in = [i for i in ins[3:] if i]
+        extra_out = [o for o in ctx.outputs[1:] if o]
+        if not (q and k and v) or extra_out or any(ctx.rank(t) != 3 for t in (q, k, v)) or h < 1:
+            ctx.block_node("only unpacked 3-D query/key/value without cache are supported")
+            return
+        dims = [ctx.static_dim(t, 2) for t in (q, k, v, y)]
+        if any(d is None or d % h for d in dims) or extra_in:
+            ctx.block_node("head sizes unknown, or bias/mask inputs present")
+            return
+        heads = ctx.virtual("heads", h)
+        for t, d in zip((q, k, v, y), dims):
+            c = np.arange(d)
+            ctx.couple(t, 2, heads, 0, (c, c // (d // h)))
+        ctx.dg.head_axes.add((heads, 0))
+        ctx.couple(q, 0, y, 0)
+        ctx.couple(q, 1, y, 1)
+        ctx.couple(k, 0, q, 0)
+        ctx.couple(v, 0, q, 0)
+        ctx.couple(k, 1, v, 1)
+
+    def rewrite(self, ctx):
+        keep = ctx.keep(ctx.virtual_name("heads"), 0)
+        if keep is not None:
+            ctx.set_attr("num_heads", int(len(keep)))
