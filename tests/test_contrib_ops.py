@@ -71,3 +71,36 @@ def test_skip_layer_norm_freezes_hidden_without_attention():
     assert frozen
     assert res.report["params"]["after"] == res.report["params"]["before"]
     onnx.checker.check_model(res.model)
+
+
+def test_elementwise_contrib_ops():
+    for op, extra in (("BiasGelu", ["b1"]), ("QuickGelu", []), ("Gelu", [])):
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                 helper.make_node("MatMul", ["x", "w0"], ["skip"]),
+                 helper.make_node(op, ["h"] + extra, ["g"], domain=MS),
+                 helper.make_node("MatMul", ["g", "w2"], ["y"])]
+        m = model(nodes, [w("w1", [16, 24]), w("w0", [16, 24]), w("b1", [24]),
+                          w("w2", [24, 16])])
+        res = graphprune.prune(m, ratio=0.5)
+        assert [t.dims for t in res.model.graph.initializer if t.name == "w1"][0] == [16, 12], op
+        assert_equivalent(m, res)
+
+
+def test_simplified_layer_norms_freeze_without_hidden_pruning():
+    for op, ins, dom in (("SimplifiedLayerNormalization", ["h", "gamma"], ""),
+                         ("SkipSimplifiedLayerNormalization", ["h", "x", "gamma"], MS)):
+        nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                 helper.make_node(op, ins, ["n"], domain=dom, epsilon=1e-5),
+                 helper.make_node("MatMul", ["n", "w2"], ["y"])]
+        m = model(nodes, [w("w1", [16, 16]), w("gamma", [16]), w("w2", [16, 16])])
+        res = graphprune.prune(m, ratio=0.5)
+        assert res.report["params"]["after"] == res.report["params"]["before"], op
+        onnx.checker.check_model(res.model)
+
+
+def test_every_contrib_rule_is_covered():
+    from graphprune.ops.registry import RULES
+
+    covered = {"MultiHeadAttention", "FastGelu", "FusedMatMul", "SkipLayerNormalization",
+               "BiasGelu", "QuickGelu", "Gelu", "SkipSimplifiedLayerNormalization"}
+    assert {op for d, op in RULES if d == MS} <= covered

@@ -1180,7 +1180,7 @@ def topk_model():
 def custom_op_model():
     def mid(g, y):
         g.domains["com.microsoft"] = 1
-        return g.declare(g.op("Gelu", [y], name="custom", domain="com.microsoft"),
+        return g.declare(g.op("Inverse", [y], name="custom", domain="com.microsoft"),
                          [1, 8, 5, 5])
     return chain(mid)
 
@@ -1194,7 +1194,7 @@ def max_roi_pool_model():
 
 
 @pytest.mark.parametrize("build,word", [(topk_model, "TopK"),
-                                        (custom_op_model, "com.microsoft::Gelu"),
+                                        (custom_op_model, "com.microsoft::Inverse"),
                                         (max_roi_pool_model, "MaxRoiPool")],
                          ids=["TopK", "custom_domain", "MaxRoiPool"])
 def test_unknown_or_unsupported_op_freezes(build, word):
@@ -1314,5 +1314,7 @@ def test_every_registered_rule_is_covered():
     for fn, param_sets in BUILDERS:
         for params in param_sets:
             _collect_ops(fn(*params).graph, ops)
-    missing = sorted(f"{d + '::' if d else ''}{op}" for d, op in RULES if (d, op) not in ops)
+    missing = sorted(f"{d + '::' if d else ''}{op}" for d, op in RULES
+                     if (d, op) not in ops and d != "com.microsoft"
+                     and op != "SimplifiedLayerNormalization")  # see test_contrib_ops
     assert not missing, f"op rules without a test graph: {missing}"

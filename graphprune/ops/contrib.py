@@ -16,17 +16,16 @@ from .registry import OpRule, rule
 MS = "com.microsoft"
 
 
-@rule("FastGelu", "BiasGelu", "QuickGelu", "Gelu", "BiasAdd", domain=MS)
+@rule("FastGelu", "BiasGelu", "QuickGelu", "Gelu", domain=MS)
 class ContribElementwise(OpRule):
-    """GELU variants with an optional bias broadcast over the last axis; BiasAdd = X + bias +
-    skip. All elementwise with broadcasting."""
+    """GELU variants with an optional bias broadcast over the last axis: elementwise with
+    broadcasting."""
 
     def analyze(self, ctx):
         couple_broadcast(ctx, [i for i in ctx.inputs if i], ctx.outputs[0])
 
 
-@rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
-      "SimplifiedLayerNormalization", domain=MS)
+@rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", domain=MS)
 class ContribLayerNorm(OpRule):
     """(input [+ skip + bias]) normalized over the last axis, scaled by gamma (+ beta).
 
@@ -56,6 +55,11 @@ class ContribLayerNorm(OpRule):
             ctx.block(t, ctx.rank(t) - 1, why)
         for p in list(params) + stats:
             ctx.block(p, None, why)
+
+
+@rule("SimplifiedLayerNormalization")
+class SimplifiedLayerNorm(ContribLayerNorm):
+    """RMSNorm as ONNX Runtime registers it (in the default domain)."""
 
 
 @rule("FusedMatMul", domain=MS)
