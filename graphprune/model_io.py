@@ -35,10 +35,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 def infer_shapes(model: onnx.ModelProto) -> dict:
     """Static shapes of all values, from ONNX shape inference with data propagation.
 
-    Runs on a copy so the user's model keeps exactly the value_info it came with.
+    Runs on a copy without the large weights (inference needs their shapes, not their bytes),
+    so the user's model keeps exactly the value_info it came with and nothing big is copied.
     """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    from .fold import light_copy
+
+    copy = light_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
     except Exception:

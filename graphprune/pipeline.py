@@ -156,7 +156,11 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
         after_view = static_view(work, infer_shapes(work))
         after = {"params": count_params(after_view), "macs": count_macs(after_view)}
         if opts.validate:
-            fid = validate_pass.validate(original, work, seed=opts.seed)
+            from .backends import ort as ortb
+
+            # the original runs from its file when there is one: no re-serialization
+            osess = ortb.session(in_path) if in_path else None
+            fid = validate_pass.validate(original, work, seed=opts.seed, original_sess=osess)
     report = build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, timer.t,
                           counts, scores)
     if blocks:
