@@ -5,6 +5,7 @@ Errors on bad input are one line on stderr and exit code 2; `--debug` shows the 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -58,6 +59,8 @@ def main():
     \b
     graphprune MODEL.onnx --ratio 0.3 [-o OUT.onnx] [--report report.json]
     graphprune analyze MODEL.onnx [--json]
+    graphprune bench MODEL.onnx [OTHER.onnx] [--threads N] [--repeats R]
+    graphprune sweep MODEL.onnx --ratios 0.1,0.2,0.3,0.5 [--max-drop X]
     """
 
 
@@ -90,12 +93,29 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs/criteria.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--calib", "calib", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Fidelity inputs: .npz with one array per model input (samples on axis 0).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a self-contained HTML report here.")
+@click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report).")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="ORT intra-op threads for --benchmark (0: onnxruntime default).")
+@click.option("--repeats", type=int, default=50, show_default=True,
+              help="Timed runs per model for --benchmark.")
+@click.option("--max-drop", type=float, default=None,
+              help="Gate: exit 1 when fidelity drop exceeds X (1 - top-1 agreement on --calib "
+                   "data for classifiers, else 1 - cosine).")
+@click.option("--min-speedup", type=float, default=None,
+              help="Gate (implies --benchmark): exit 1 when measured speedup < Y.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, round_to, min_keep,
               protect,
-              report, external_data, seed, quiet, as_json, debug):
+              report, external_data, seed, quiet, as_json, calib, html_out,
+              benchmark, threads, repeats, max_drop, min_speedup, debug):
     """Prune MODEL and write a smaller, valid ONNX model."""
     from ..pipeline import prune
+
+    _setup_logging(debug)
 
     out = output or _default_output(model)
     try:
@@ -106,9 +126,17 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, r
         res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
                     round_to=round_to, min_keep=min_keep, protect=list(protect), seed=seed,
                     dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json))
+        gates = []
+        if calib or html_out or benchmark or max_drop is not None or min_speedup is not None:
+            gates = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
+                             threads, repeats, max_drop, min_speedup, seed, quiet or as_json)
         res.save(out, external_data=external_data)
         if report:
             report.write_text(json.dumps(res.report, indent=2) + "\n")
+        if html_out:
+            from ..report_html import write as write_html
+
+            write_html(res.report, html_out)
     except UserError as e:
         _fail(str(e), debug)
     except ValidationError as e:
@@ -116,9 +144,44 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, r
     r = res.report
     if as_json:
         click.echo(json.dumps(r, indent=2))
-        return
-    if not quiet:
-        click.echo(_summary(r))
+    elif not quiet:
+        from ..evaluate import summary_lines
+
+        click.echo("\n".join([_summary(r)] + summary_lines(r)))
+    _exit_on_gates(gates)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(name)s: %(message)s")
+
+
+def _measure(res, model, calib, html_out, benchmark, threads, repeats, max_drop, min_speedup,
+             seed, quiet) -> list[dict]:
+    """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate."""
+    from ..backends.bench import progress_enabled
+    from ..evaluate import check_gates, evaluate_result
+
+    evaluate_result(res, str(model), calib_path=calib, benchmark=benchmark, threads=threads,
+                    repeats=repeats, seed=seed, progress=progress_enabled(quiet))
+    if html_out:
+        from ..report_html import attach_unit_scores
+
+        attach_unit_scores(res.report, str(model), res.report["criterion"], seed)
+    gates = check_gates(res.report, max_drop, min_speedup)
+    if gates:
+        res.report["gates"] = gates
+    return gates
+
+
+def _exit_on_gates(gates: list[dict]) -> None:
+    """A failed CI gate: the model and report are written; one line on stderr, exit code 1."""
+    from ..evaluate import gate_failure_line
+
+    line = gate_failure_line(gates)
+    if line:
+        click.echo(line, err=True)
+        sys.exit(EXIT_GATE)
 
 
 def _pct(before, after) -> str:
@@ -179,6 +242,92 @@ def analyze_cmd(model, as_json, show_all, debug):
     click.echo(f"{n_p} prunable groups, {len(rows) - n_p} frozen")
     if dg.unsupported_ops:
         click.echo("ops without a rule: " + ", ".join(f"{k}×{v}" for k, v in dg.unsupported_ops.items()))
+
+
+@main.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("other", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="ORT intra-op threads (0: onnxruntime default).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@click.option("--repeats", type=int, default=50, show_default=True, help="Timed runs.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Batch size for a symbolic leading input dimension.")
+@click.option("--provider", default="CPUExecutionProvider", show_default=True,
+              help="ONNX Runtime execution provider.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def bench_cmd(model, other, threads, warmup, repeats, batch, provider, seed, quiet, as_json,
+              debug):
+    """ONNX Runtime latency, throughput, peak memory and size; two models side by side."""
+    from ..backends import bench
+
+    _setup_logging(debug)
+    kw = dict(threads=threads, warmup=warmup, repeats=repeats, batch=batch, provider=provider,
+              seed=seed, progress=bench.progress_enabled(quiet or as_json))
+    try:
+        if other:
+            pair = bench.benchmark_pair(str(model), str(other), **kw)
+            data = {"models": [pair["before"], pair["after"]], "compare": pair["compare"]}
+        else:
+            data = {"models": [bench.benchmark(str(model), **kw)]}
+    except UserError as e:
+        _fail(str(e), debug)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(bench.format_table(data["models"], data.get("compare")))
+
+
+@main.command("sweep")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ratios", default="0.1,0.2,0.3,0.5", show_default=True,
+              help="Comma-separated pruning ratios.")
+@click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="magnitude",
+              show_default=True, help="Importance criterion.")
+@click.option("--calib", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Fidelity inputs: .npz with one array per model input.")
+@click.option("--max-drop", type=float, default=None,
+              help="Recommend the largest ratio whose fidelity drop is <= X.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for sweep.json/csv/png (default: MODEL.sweep beside the input).")
+@click.option("--global", "global_rank", is_flag=True, help="Global ranking across groups.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Width multiple.")
+@click.option("--protect", multiple=True, metavar="PATTERN", help="Freeze matching groups.")
+@click.option("--no-latency", is_flag=True, help="Skip the ORT latency measurement.")
+@click.option("--threads", type=int, default=0, show_default=True, help="ORT intra-op threads.")
+@click.option("--repeats", type=int, default=30, show_default=True, help="Timed runs per model.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed.")
+@click.option("--quiet", is_flag=True, help="No progress display, no table.")
+@click.option("--json", "as_json", is_flag=True, help="Print sweep.json on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, round_to, protect,
+              no_latency, threads, repeats, seed, quiet, as_json, debug):
+    """Prune at several ratios: fidelity, MACs and speedup per ratio, and a recommended ratio."""
+    from ..backends.bench import progress_enabled
+    from ..sweep import format_table, parse_ratios, run_sweep, write_outputs
+
+    _setup_logging(debug)
+    stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
+    out_dir = out_dir or model.with_name(f"{stem}.sweep")
+    try:
+        result = run_sweep(str(model), parse_ratios(ratios), criterion=criterion,
+                           calib_path=calib, max_drop=max_drop, latency=not no_latency,
+                           threads=threads, repeats=repeats, seed=seed,
+                           progress=progress_enabled(quiet or as_json),
+                           global_rank=global_rank, round_to=round_to, protect=list(protect))
+        paths = write_outputs(result, out_dir)
+    except UserError as e:
+        _fail(str(e), debug)
+    except ValidationError as e:
+        _fail(f"a pruned model failed validation: {e}", debug)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not quiet:
+        click.echo(format_table(result))
+        click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,74 @@
+"""`graphprune sweep`: one row per ratio, files written, recommendation from --max-drop."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphprune.errors import UserError
+from graphprune.sweep import parse_ratios
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "models" / "demo.onnx"
+RATIOS = [0.0, 0.2, 0.4, 0.6]
+
+
+def gp(*args):
+    return subprocess.run([sys.executable, "-m", "graphprune.cli.main", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    model = d / "demo.onnx"
+    shutil.copy(DEMO, model)
+    r = gp("sweep", model, "--ratios", ",".join(map(str, RATIOS)), "--max-drop", "0.1",
+           "--repeats", "5", "--out", d / "out")
+    assert r.returncode == 0, r.stderr
+    return d / "out", r
+
+
+def test_sweep_files_and_monotone_macs(swept):
+    out, r = swept
+    data = json.loads((out / "sweep.json").read_text())
+    rows = data["rows"]
+    assert [row["ratio"] for row in rows] == RATIOS
+    macs = [row["macs"] for row in rows]
+    assert all(a >= b for a, b in zip(macs, macs[1:])), macs
+    assert macs[0] == data["baseline"]["macs"] and macs[-1] < macs[0]
+    assert rows[0]["cosine"] == pytest.approx(1.0) and rows[0]["drop"] == pytest.approx(0.0)
+    for row in rows:
+        assert row["speedup"] > 0 and row["latency_ms"] > 0
+        assert row["macs_ratio"] == pytest.approx(data["baseline"]["macs"] / row["macs"])
+    with (out / "sweep.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [float(t["ratio"]) for t in table] == RATIOS
+    assert [int(t["macs"]) for t in table] == macs
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recommended_is_largest_ratio_within_max_drop(swept):
+    out, r = swept
+    data = json.loads((out / "sweep.json").read_text())
+    ok = [row["ratio"] for row in data["rows"] if row["drop"] <= 0.1]
+    assert data["recommended"] == max(ok)
+    assert all(row["meets_max_drop"] == (row["drop"] <= 0.1) for row in data["rows"])
+    assert f"recommended ratio: {max(ok)}" in r.stdout
+    assert "ratio" in r.stdout.splitlines()[0]
+
+
+def test_sweep_without_latency_json_and_bad_ratios(tmp_path):
+    r = gp("sweep", DEMO, "--ratios", "0.5,0.3", "--no-latency", "--json", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [row["ratio"] for row in data["rows"]] == [0.3, 0.5]
+    assert data["rows"][0]["speedup"] is None and data["recommended"] is None
+    assert gp("sweep", DEMO, "--ratios", "0.5,1.5", "--out", tmp_path).returncode == 2
+    with pytest.raises(UserError):
+        parse_ratios("a,b")
