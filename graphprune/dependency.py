@@ -403,7 +403,7 @@ def _build_groups(dg: DependencyGraph) -> None:
                 grp.members.append(Member(dn[0], dn[1], dg.roles.get(dn, ROLE_AUX)))
         reason = next((dg.blocked[dn] for dn in dims if dn in dg.blocked), None)
         has_weight = any(m.role in (ROLE_OUT, ROLE_IN) for m in grp.members)
-        if reason is None and not has_weight:
+        if not has_weight:  # batch, spatial, sequence axes: not prunable by nature
             reason = "no weights to shrink"
         if reason is None:
             unknown = [dn for dn in dims if not isinstance(dg.sizes.get(dn), int)]
