@@ -157,3 +157,12 @@ def test_drop_blocks(path):
     assert {b["kind"] for b in blocks} <= {"attention", "mlp", "block"}
     assert res.report["params"]["after"] < res.report["params"]["before"]
     runs_at_sizes(model, res)
+
+
+def test_round_to_leaves_head_counts_alone():
+    model = onnx.load(str(TX / "bert.dynamo.onnx"))
+    r = graphprune.prune(model, ratio=0.5, dims="heads,mlp", round_to=8).report
+    heads = [g for g in r["groups"] if g["kind"] == "head"]
+    mlp = [g for g in r["groups"] if g["kind"] == "mlp" and g["frozen_reason"] is None]
+    assert heads and all(g["size_after"] == 2 for g in heads)
+    assert mlp and all(g["size_after"] % 8 == 0 for g in mlp)

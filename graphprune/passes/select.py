@@ -85,7 +85,9 @@ def select(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
         for g in groups:
             n_keep[g.id] = g.n_units - int(math.floor(g.n_units * ratio + 1e-9))
     for g in groups:
-        k = _round_keep(n_keep[g.id], g.n_units, round_to, min_keep)
+        # a head is already a block of head_dim channels: --round-to applies to channel-like
+        # units (conv channels, MLP width, hidden size), not to head counts
+        k = _round_keep(n_keep[g.id], g.n_units, 1 if g.kind == "head" else round_to, min_keep)
         if k >= g.n_units:
             continue
         keep = _top(scores[g.id], k)
