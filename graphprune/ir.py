@@ -11,6 +11,7 @@ means no pass needs to know how a weight was stored.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -19,6 +20,16 @@ import onnx
 from onnx import numpy_helper
 
 Dim = int | str | None  # a static size, a symbolic name, or None when unknown
+
+# The weights of a model loaded lazily (see `model_io.WeightStore`): external data files stay on
+# disk and are read one tensor at a time. The pipeline sets this for the duration of a run, so
+# every GraphView built on the way (by any pass) can read the weights without each pass having
+# to pass a folder around.
+WEIGHTS: ContextVar = ContextVar("graphprune_weights", default=None)
+
+# External tensors up to this many elements are kept after their first read (shape vectors,
+# norms, biases); larger ones are read again when needed so weights are never all in memory.
+CACHE_EXTERNAL_ELEMENTS = 1 << 16
 
 
 @dataclass
@@ -50,8 +61,10 @@ def tensor_dtype(tp: onnx.TensorProto) -> np.dtype:
 class GraphView:
     """Lookups over the main graph of a model; rebuilt after every structural edit."""
 
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[Dim, ...]] | None = None):
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple[Dim, ...]] | None = None,
+                 store=None):
         self.model = model
+        self.store = store if store is not None else WEIGHTS.get()
         self.graph = model.graph
         self.opset = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         self.producer: dict[str, onnx.NodeProto] = {}
@@ -129,8 +142,14 @@ class GraphView:
         c = self.consts.get(name)
         if c is None:
             return None
-        if c.kind == "initializer":
-            val = numpy_helper.to_array(c.proto, base_dir=getattr(self, "base_dir", ""))
+        if c.kind == "initializer" and c.proto.data_location == onnx.TensorProto.EXTERNAL:
+            from .model_io import read_external_tensor
+
+            val = read_external_tensor(c.proto, self.store)
+            if c.numel > CACHE_EXTERNAL_ELEMENTS:
+                return val
+        elif c.kind == "initializer":
+            val = numpy_helper.to_array(c.proto)
         elif c.kind == "constant_node":
             val = self._constant_attr_value(c.proto)
         else:

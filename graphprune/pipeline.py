@@ -19,16 +19,18 @@ from . import __version__
 from .dependency import KINDS, DependencyGraph, analyze
 from .errors import UserError
 from .fold import static_view
-from .ir import GraphView
+from .ir import WEIGHTS, GraphView
 from .metrics import count_macs, count_params
-from .model_io import file_bytes, infer_shapes, load_model, save_model
+from .model_io import (TWO_GB, WeightStore, check_graph_sanity, check_outputs,
+                       check_tensor_storage, infer_shapes, open_model, save_model)
 from .passes import validate as validate_pass
 from .passes.rewrite import rewrite
 from .passes.untie import retie_identical, untie_shared_constants
 from .passes.score import CRITERIA
 from .passes.select import Plan, apply_protect, select
 
-PHASES = ("load", "depth", "analyze", "score", "select", "rewrite", "validate", "write")
+PHASES = ("load", "depth", "analyze", "calibrate", "score", "select", "compensate", "rewrite",
+          "validate", "write")
 
 
 @dataclass
@@ -43,6 +45,14 @@ class PruneOptions:
     validate: bool = True
     dims: tuple[str, ...] = KINDS
     drop_blocks: int = 0
+    # calibration for the data-aware criteria (see graphprune.calib.load_calibration): a .npz
+    # path, a folder of images, a dict of arrays, or an int N for N random samples
+    calib: object = None
+    preprocess: str = "imagenet"
+    labels: object = None
+    # compensation after selection: None = what the criterion implies (obspa -> "obspa",
+    # flap -> "flap"), False/"none" = off, or "flap" / "obspa" explicitly
+    compensate: object = None
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -60,22 +70,56 @@ class PruneOptions:
             raise UserError(f"--round-to must be >= 1, got {self.round_to}")
         if self.min_keep < 1:
             raise UserError(f"--min-keep must be >= 1, got {self.min_keep}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
+        if isinstance(self.protect, str):
+            self.protect = [self.protect]
 
 
 @dataclass
 class PruneResult:
+    """A pruned model and its report.
+
+    For a model whose weights stay on disk (external data), `model` references them and `store`
+    holds the rewritten tensors; such a model is validated when it is saved, from the written
+    files, before they are renamed into place (`report["fidelity"]` is filled then).
+    """
+
     model: onnx.ModelProto
     report: dict
     graph: DependencyGraph
     plan: Plan
+    store: WeightStore | None = None
+    pending: tuple | None = None  # reference (feeds, outputs) while validation waits for files
+    source: str | None = None  # the input file
+    external: bool = False  # the input kept its weights in external data: so does the output
 
     def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
         t0 = time.perf_counter()
         p = Path(path)
-        size = save_model(self.model, p, external_data=external_data)
+        check_outputs(self.source, p)
+        spent = {"validate": 0.0}
+        check = None
+        if self.pending is not None:
+            ref = self.pending
+
+            def check(tmp: str) -> None:
+                t1 = time.perf_counter()
+                self.report["fidelity"] = validate_pass.validate_file(tmp, ref)
+                spent["validate"] = time.perf_counter() - t1
+
+        token = WEIGHTS.set(self.store)
+        try:
+            size = save_model(self.model, p, external_data=external_data or self.external,
+                              store=self.store, validate=check)
+        finally:
+            WEIGHTS.reset(token)
+        self.pending = None
+        t = self.report["timings_s"]
+        t["validate"] = round(t.get("validate", 0.0) + spent["validate"], 4)
         self.report["output"] = str(p)
         self.report["file_bytes"]["after"] = size
-        self.report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
+        t["write"] = round(time.perf_counter() - t0 - spent["validate"], 4)
         return p
 
 
@@ -94,48 +138,94 @@ class _Timer:
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
-                timer.t[name] = round(time.perf_counter() - self.t0, 4)
+                spent = time.perf_counter() - self.t0
+                timer.t[name] = round(timer.t.get(name, 0.0) + spent, 4)
 
         return _P()
 
 
-def _load(model) -> tuple[onnx.ModelProto, str | None, int | None]:
+@dataclass
+class _Source:
+    work: onnx.ModelProto  # what the passes edit (a copy when given a ModelProto)
+    original: onnx.ModelProto | str  # what the reference run loads: the file when there is one
+    path: str | None
+    in_bytes: int
+    store: WeightStore | None  # weights left on disk (None: all in memory)
+    external: bool  # the input keeps weights in external data files
+
+
+def _load(model, in_memory: bool = False) -> _Source:
+    """The model to work on. From a file, large external weights stay on disk unless
+    `in_memory` (passes that run the edited model in ONNX Runtime need them in memory)."""
     if isinstance(model, onnx.ModelProto):
-        return model, None, None
+        check_tensor_storage(model, None)
+        if not model.graph.node:
+            raise UserError("the model has no graph nodes")
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        check_graph_sanity(work)
+        return _Source(work, model, None, model.ByteSize(), None, False)
     path = Path(model)
-    return load_model(path), str(path), file_bytes(path) if path.exists() else None
+    work, store, files = open_model(path)
+    size = path.stat().st_size + sum(f.stat().st_size for f in files)
+    if in_memory and store is not None:
+        if size > TWO_GB:
+            raise UserError(f"{path}: --drop-blocks, --calib, --benchmark and --html need the "
+                            "weights in memory, which is not possible for models over 2 GB")
+        store.materialize(work)
+        store = None
+    return _Source(work, str(path), str(path), size, store, bool(files))
 
 
 def analyze_model(model, progress=None, dims=KINDS):
     """Dependency groups of a model (path or ModelProto), without changing it."""
-    m, _, _ = _load(model)
-    work = onnx.ModelProto()
-    work.CopyFrom(m)
-    untie_shared_constants(work)
-    view = static_view(work, infer_shapes(work))
-    return view, analyze(view, dims=dims)
+    src = _load(model)
+    token = WEIGHTS.set(src.store)
+    try:
+        untie_shared_constants(src.work)
+        view = static_view(src.work, infer_shapes(src.work))
+        return view, analyze(view, dims=dims)
+    finally:
+        WEIGHTS.reset(token)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
-          progress: Callable[[str], None] | None = None, **options) -> PruneResult:
+          progress: Callable[[str], None] | None = None, in_memory: bool = False,
+          **options) -> PruneResult:
     """Prune a model (path or ModelProto). Returns the pruned ModelProto and the report.
 
-    Options: global_rank, round_to, min_keep, protect (list of fnmatch patterns), seed, validate.
-    The input model object is never modified.
+    Options: global_rank, round_to, min_keep, protect (list of fnmatch patterns), seed, validate,
+    dims, drop_blocks. The input model object is never modified.
+
+    Weights a model file keeps in external data are read one tensor at a time and never all
+    held in memory; such a model is validated when the result is saved (see `PruneResult`).
+    `in_memory` loads every weight instead (needed to run the pruned model from memory).
     """
     opts = PruneOptions(ratio=ratio, criterion=criterion, **options)
     opts.check()
     timer = _Timer(progress)
     with timer.phase("load"):
-        original, in_path, in_bytes = _load(model)
-        work = onnx.ModelProto()
-        work.CopyFrom(original)
+        src = _load(model, in_memory or bool(opts.drop_blocks) or opts.calib is not None)
+    token = WEIGHTS.set(src.store)
+    try:
+        return _prune(src, opts, timer)
+    finally:
+        WEIGHTS.reset(token)
+
+
+def _prune(src: _Source, opts: PruneOptions, timer: _Timer) -> PruneResult:
+    work, lazy = src.work, src.store is not None
+    ref = None
+    if opts.validate:
+        # first: an input ORT cannot run is refused before any work, and for big models the
+        # original's session is gone before anything else takes memory
+        with timer.phase("validate"):
+            ref = validate_pass.reference(src.original, seed=opts.seed, low_memory=lazy)
+    with timer.phase("load"):
         params_before = count_params(GraphView(work))
         copies = untie_shared_constants(work)
         view = static_view(work, infer_shapes(work))
         before = {"params": params_before, "macs": count_macs(view)}
-        if in_bytes is None:
-            in_bytes = original.ByteSize()
     blocks = []
     if opts.drop_blocks:
         with timer.phase("depth"):
@@ -143,11 +233,23 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
     with timer.phase("analyze"):
         dg = analyze(view, dims=opts.dims)
         apply_protect(dg, opts.protect)
+    cctx = None
+    if opts.criterion in CALIB_CRITERIA or opts.calib is not None:
+        with timer.phase("calibrate"):
+            cctx = _calibrate(src.original, dg, opts)
     with timer.phase("score"):
-        scores = CRITERIA[opts.criterion](dg, seed=opts.seed)
+        extra = {"calib_ctx": cctx} if cctx is not None else {}
+        scores = CRITERIA[opts.criterion](dg, seed=opts.seed, **extra)
     with timer.phase("select"):
         plan = select(dg, scores, opts.ratio, global_rank=opts.global_rank,
                       round_to=opts.round_to, min_keep=opts.min_keep)
+    comp = None
+    mode = _compensation_mode(opts)
+    if mode and cctx is not None and cctx.stats and plan.keep:
+        from .passes.compensate import compensate
+
+        with timer.phase("compensate"):
+            comp = compensate(view, dg, plan, cctx, mode)
     with timer.phase("rewrite"):
         counts = rewrite(view, dg, plan)
         counts["constants_retied"] = retie_identical(work, copies)
@@ -155,21 +257,63 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
     with timer.phase("validate"):
         after_view = static_view(work, infer_shapes(work))
         after = {"params": count_params(after_view), "macs": count_macs(after_view)}
-        if opts.validate:
-            from .backends import ort as ortb
-
-            # the original runs from its file when there is one: no re-serialization
-            osess = ortb.session(in_path) if in_path else None
-            fid = validate_pass.validate(original, work, seed=opts.seed, original_sess=osess)
-    report = build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, timer.t,
-                          counts, scores)
+        if opts.validate and not lazy:
+            fid = validate_pass.validate(None, work, seed=opts.seed, ref=ref)
+    report = build_report(src.path, opts, before, after, src.in_bytes, work, dg, plan, fid,
+                          timer.t, counts, scores)
+    if cctx is not None:
+        report["calibration"] = {
+            "source": cctx.source, "samples": cctx.samples,
+            "consumers": len(cctx.consumers), "calibrated": cctx.calibrated,
+            "data_free": sorted({st.source for st in cctx.stats.values()} - {"calibration"}),
+            "notes": cctx.notes}
+    if comp is not None:
+        report["compensation"] = comp
     if blocks:
         report["blocks"] = [{"add": b.add, "kind": b.kind, "score": round(b.score, 6),
                              "dropped": b.dropped} for b in blocks]
         report["groups"] += [{"id": f"block:{b.add}", "kind": "block", "name": b.add,
                               "size_before": 1, "size_after": 0 if b.dropped else 1,
                               "members": [], "frozen_reason": None} for b in blocks]
-    return PruneResult(work, report, dg, plan)
+    return PruneResult(work, report, dg, plan, store=src.store,
+                       pending=ref if (lazy and opts.validate) else None, source=src.path,
+                       external=src.external)
+
+
+CALIB_CRITERIA = ("wanda", "flap", "obspa")
+
+
+def _calibrate(original, dg, opts):
+    """Consumers and activation statistics for the data-aware criteria (see graphprune.calib):
+    measured on `opts.calib`, else data-free for obspa; wanda/flap without data fall back to
+    magnitude (their notes say so)."""
+    from .calib import build_context, load_calibration
+
+    cal = None
+    if opts.calib is not None:
+        cal = load_calibration(opts.calib, original, preprocess=opts.preprocess,
+                               labels=opts.labels, seed=opts.seed)
+    ctx = build_context(dg, cal, data_free=opts.criterion == "obspa")
+    ctx.source = cal.source if cal is not None else (
+        "data-free" if opts.criterion == "obspa" else "none")
+    ctx.samples = cal.n if cal is not None else 0
+    if cal is None and opts.criterion in ("wanda", "flap"):
+        ctx.notes.append(f"{opts.criterion}: no calibration data; every group is scored by "
+                         "magnitude")
+    return ctx
+
+
+def _compensation_mode(opts) -> str | None:
+    c = opts.compensate
+    if c is None:
+        return {"obspa": "obspa", "flap": "flap"}.get(opts.criterion)
+    if c is False or c == "none":
+        return None
+    if c is True:
+        return {"flap": "flap"}.get(opts.criterion, "obspa")
+    if c not in ("flap", "obspa"):
+        raise UserError(f"compensate takes flap, obspa or none; got {c!r}")
+    return c
 
 
 def _drop_blocks(work, view, opts):

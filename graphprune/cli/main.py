@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -14,15 +16,21 @@ import click
 
 from .. import __version__
 from ..errors import UserError, ValidationError
+from ..model_io import atomic_write_text, check_outputs
 from ..passes.score import CRITERIA
 
-EXIT_OK, EXIT_GATE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _one_line(msg: str) -> str:
+    """Control characters (from names inside a hostile model) escaped, so a message is one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", str(msg).strip())
 
 
 def _fail(msg: str, debug: bool, code: int = EXIT_USAGE) -> None:
     if debug:
         traceback.print_exc()
-    click.echo(f"graphprune: error: {msg}", err=True)
+    click.echo(f"graphprune: error: {_one_line(msg)}", err=True)
     sys.exit(code)
 
 
@@ -43,12 +51,65 @@ def _progress(quiet: bool):
 
 
 class DefaultGroup(click.Group):
-    """`graphprune MODEL.onnx ...` runs the `prune` command; subcommands stay available."""
+    """`graphprune MODEL.onnx ...` runs the `prune` command; subcommands stay available.
+
+    Every failure ends with one line on stderr: usage errors (exit 2), Ctrl-C (exit 130, atomic
+    writes leave no partial output) and, should one happen, an internal error (exit 3, a bug:
+    `--debug` shows its traceback). Click's own multi-line usage messages are shortened to one.
+    """
+
+    debug = False
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["prune"] + list(args)
         return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        from_argv = args is None
+        args = list(sys.argv[1:] if args is None else args)
+        self.debug = "--debug" in args
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except click.exceptions.NoArgsIsHelpError as e:
+            e.show()
+            code = e.exit_code
+        except click.ClickException as e:
+            msg = _one_line(" ".join(e.format_message().split()))
+            click.echo(f"graphprune: error: {msg}", err=True)
+            code = e.exit_code
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("graphprune: interrupted; no partial output left", err=True)
+            code = EXIT_INTERRUPTED
+        except SystemExit as e:
+            code = e.code
+        if from_argv:  # the work is over: a late Ctrl-C must not turn success into a crash
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(code)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("graphprune: interrupted; no partial output left", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except MemoryError:
+            if self.debug:
+                traceback.print_exc()
+            click.echo("graphprune: error: out of memory", err=True)
+            sys.exit(EXIT_USAGE)
+        except Exception as e:
+            if self.debug:
+                traceback.print_exc()
+            line = _one_line((str(e).strip().splitlines() or [""])[0][:300])
+            click.echo(f"graphprune: internal error: {type(e).__name__}: {line} (a bug in "
+                       "graphprune; --debug shows the traceback)", err=True)
+            sys.exit(EXIT_BUG)
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,8 +154,22 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs/criteria.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--calib", "calib", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Fidelity inputs: .npz with one array per model input (samples on axis 0).")
+@click.option("--calib", "calib", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Calibration/fidelity inputs: .npz with one array per model input (samples "
+                   "on axis 0), or a folder of images (see --preprocess). Used for fidelity and "
+                   "by the wanda/flap/obspa criteria.")
+@click.option("--calib-random", type=int, default=None, metavar="N",
+              help="Calibrate wanda/flap/obspa on N seeded random inputs (when no --calib).")
+@click.option("--preprocess", type=click.Choice(["imagenet", "none"]), default="imagenet",
+              show_default=True,
+              help="For --calib DIR: resize the shorter side + center crop to the input H×W, "
+                   "scale to [0,1]; imagenet also normalizes with the ImageNet mean/std.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Integer labels of the calibration samples, one per line.")
+@click.option("--compensate", type=click.Choice(["auto", "none", "flap", "obspa"]),
+              default="auto", show_default=True,
+              help="Weight/bias compensation of the pruned units' consumers (auto: obspa for "
+                   "obspa, bias-only for flap, none otherwise). Needs calibration statistics.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a self-contained HTML report here.")
 @click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report).")
@@ -110,29 +185,32 @@ def main():
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, round_to, min_keep,
               protect,
-              report, external_data, seed, quiet, as_json, calib, html_out,
-              benchmark, threads, repeats, max_drop, min_speedup, debug):
+              report, external_data, seed, quiet, as_json, calib, calib_random, preprocess, labels,
+              compensate, html_out, benchmark, threads, repeats, max_drop, min_speedup, debug):
     """Prune MODEL and write a smaller, valid ONNX model."""
     from ..pipeline import prune
 
     _setup_logging(debug)
 
     out = output or _default_output(model)
+    measure = bool(calib or html_out or benchmark or max_drop is not None
+                   or min_speedup is not None)
     try:
-        if out.resolve() == model.resolve():
-            raise UserError("output path equals the input; choose another -o")
-        if not out.parent.resolve().is_dir():
-            raise UserError(f"{out.parent}: output folder does not exist")
+        check_outputs(model, out, tuple(p for p in (report, html_out) if p))
         res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
                     round_to=round_to, min_keep=min_keep, protect=list(protect), seed=seed,
-                    dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json))
+                    dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json),
+                    in_memory=measure, **_calib_options(criterion, calib, calib_random,
+                                                        preprocess, labels, compensate))
         gates = []
-        if calib or html_out or benchmark or max_drop is not None or min_speedup is not None:
+        if measure and calib is not None and calib.is_dir():
+            calib = _images_npz(res, model, calib, preprocess)
+        if measure:
             gates = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
                              threads, repeats, max_drop, min_speedup, seed, quiet or as_json)
         res.save(out, external_data=external_data)
         if report:
-            report.write_text(json.dumps(res.report, indent=2) + "\n")
+            atomic_write_text(report, json.dumps(res.report, indent=2) + "\n")
         if html_out:
             from ..report_html import write as write_html
 
@@ -149,6 +227,32 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, r
 
         click.echo("\n".join([_summary(r)] + summary_lines(r)))
     _exit_on_gates(gates)
+
+
+def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate) -> dict:
+    """prune() options for the data-aware criteria; other criteria ignore calibration."""
+    from ..pipeline import CALIB_CRITERIA
+
+    opts = {} if compensate == "auto" else {"compensate": compensate}
+    source = calib if calib is not None else calib_random
+    if source is not None and (criterion in CALIB_CRITERIA or "compensate" in opts):
+        opts.update(calib=str(source) if isinstance(source, Path) else source,
+                    preprocess=preprocess, labels=str(labels) if labels else None)
+    return opts
+
+
+def _images_npz(res, model, folder: Path, preprocess: str) -> Path:
+    """Fidelity reads .npz files: a folder of images is converted once (temp file)."""
+    import tempfile
+
+    import numpy as np
+
+    from ..calib import load_image_dir
+
+    arrays = load_image_dir(folder, res.model, preprocess)  # same inputs as the original
+    path = Path(tempfile.mkdtemp(prefix="graphprune_calib_")) / f"{folder.name}.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 def _setup_logging(debug: bool) -> None:

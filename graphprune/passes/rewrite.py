@@ -193,9 +193,14 @@ class Rewriter:
         c = self.view.consts[name]
         value = np.asarray(value)
         if c.kind == "initializer":
-            t = numpy_helper.from_array(value.astype(c.dtype, copy=False), name)
-            c.proto.CopyFrom(t)
-            self._fix_ir3_input(name, t)
+            store = self.view.store
+            if store is not None and store.keeps(value):
+                # a model whose weights stay on disk: the sliced weight is held once, as an
+                # array, and streamed to the output's data file (the proto stays small)
+                store.put(c.proto, value.astype(c.dtype, copy=False))
+            else:
+                c.proto.CopyFrom(numpy_helper.from_array(value.astype(c.dtype, copy=False), name))
+            self._fix_ir3_input(name, c.proto)
         elif c.kind == "constant_node":
             node = c.proto
             for i in reversed(range(len(node.attribute))):
@@ -273,10 +278,24 @@ class Rewriter:
         return pinned
 
     def drop_stale_value_info(self) -> None:
+        """Shapes recorded for shrunk tensors are stale. Where the model carried them (dynamo
+        exports do), fresh ones are inferred: ONNX Runtime's shape-dependent fusions (e.g.
+        Slice→Split in rotary embeddings) need them."""
         shrunk = {name for name, _ in self.keep}
+        stale = [vi.name for vi in self.model.graph.value_info if vi.name in shrunk]
         vis = [vi for vi in self.model.graph.value_info if vi.name not in shrunk]
         del self.model.graph.value_info[:]
         self.model.graph.value_info.extend(vis)
+        if stale:
+            from ..fold import light_copy
+
+            try:
+                inferred = onnx.shape_inference.infer_shapes(light_copy(self.model),
+                                                             data_prop=True)
+            except Exception:
+                return
+            fresh = {vi.name: vi for vi in inferred.graph.value_info}
+            self.model.graph.value_info.extend(fresh[n] for n in stale if n in fresh)
 
 
 def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:

@@ -96,3 +96,7 @@ def group_units_with_member_positions(grp: Group) -> np.ndarray:
     for m in grp.members:
         mask[grp.unit_of[(m.tensor, m.axis)]] = True
     return mask
+
+
+# the activation-aware criteria register themselves on import (they build on magnitude above)
+from . import criteria_calib  # noqa: E402,F401

@@ -1,0 +1,176 @@
+"""Activation-aware criteria: wanda, flap, obspa (see DESIGN.md §3).
+
+Weight magnitude alone cannot tell a channel that carries large activations from one that is
+almost always zero; these criteria look at what flows into the *consumers* of each unit (the
+layers whose contraction axis loses the unit: next Conv's input channels, a Gemm/MatMul's K).
+
+- ``wanda`` (Wanda-sp): Σ_consumers Σ_i |W_ij| · ‖X_j‖₂ (Conv: |W| summed over output channels
+  and kernel offsets). ‖X_j‖₂ is the root mean square over calibration positions.
+- ``flap``: Σ_consumers Var(X_j) · ‖W_{:,j}‖², z-scored per group so that groups compare under
+  ``--global``; the compensation pass then folds the removed channels' mean contribution into
+  the consumer's bias (b ← b + W_{:,P}·E[X_P]).
+- ``obspa``: Optimal-Brain-Surgeon cost of removing each unit from every consumer with input
+  Hessian H = E[x xᵀ] (+ λ·mean diag), augmented with the constant input of the bias so the
+  cost already accounts for the mean being re-absorbed. Removing columns P costs
+  tr(W_P ([H⁻¹]_PP)⁻¹ W_Pᵀ); the compensation pass applies the optimal update of the kept
+  columns and bias. Without calibration data, H comes from a preceding BatchNorm (or identity),
+  see `graphprune.calib.data_free_stats`.
+
+A group none of whose consumers has statistics (no calibration given, or its consumers are not
+Conv/Gemm/MatMul with a constant weight) is scored by `magnitude`; the context's `notes` list
+says which groups fell back.
+
+Every criterion takes ``calib_ctx`` (a `graphprune.calib.CalibContext`) from the pipeline;
+called without one, wanda and flap fall back to magnitude everywhere and obspa builds data-free
+statistics itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from ..calib import CalibContext, Consumer, build_context
+from ..dependency import DependencyGraph
+from .score import criterion, magnitude
+
+DAMP = 1e-2  # λ: damping of H relative to its mean diagonal
+Z_SHIFT = 10.0  # z-scores are shifted positive so `normalize_scores` (÷ mean) keeps their order
+
+
+def _consumers_by_group(dg: DependencyGraph, ctx: CalibContext) -> dict[int, list[Consumer]]:
+    out: dict[int, list[Consumer]] = {}
+    for c in ctx.consumers:
+        if (c.x, c.x_axis) not in ctx.stats:
+            continue
+        g = dg.group_for(c.w, c.w_axis)
+        if g is not None and g.prunable and (c.w, c.w_axis) in g.unit_of:
+            out.setdefault(g.id, []).append(c)
+    return out
+
+
+def _matrix(dg: DependencyGraph, c: Consumer) -> np.ndarray:
+    return c.matrix(np.asarray(dg.view.const_value(c.w), dtype=np.float64))
+
+
+def _per_position(dg, ctx, name, fn) -> dict[int, np.ndarray]:
+    """Scores of every prunable group: Σ over its consumers of fn(W_matrix, stats) mapped from
+    the consumer's input positions to units; magnitude where no consumer has statistics."""
+    ctx = ctx or CalibContext()
+    by_group = _consumers_by_group(dg, ctx)
+    fallback = None
+    out = {}
+    for g in dg.prunable_groups():
+        cons = by_group.get(g.id)
+        if not cons:
+            if fallback is None:
+                fallback = magnitude(dg)
+            out[g.id] = fallback[g.id]
+            ctx.notes.append(f"{name}: group {g.id} ({g.label()}) has no consumer statistics; "
+                             "scored by magnitude")
+            continue
+        s = np.zeros(g.n_units)
+        for c in cons:
+            np.add.at(s, g.unit_of[(c.w, c.w_axis)], fn(_matrix(dg, c), ctx.stats[(c.x, c.x_axis)]))
+        out[g.id] = s
+    return out
+
+
+@criterion("wanda")
+def wanda(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> dict[int, np.ndarray]:
+    """Wanda-sp: Σ_i |W_ij| · ‖X_j‖₂ over the unit's consumers."""
+    return _per_position(dg, calib_ctx if calib_ctx and calib_ctx.calibrated else None, "wanda",
+                         lambda w, st: np.abs(w).sum(0) * st.rms)
+
+
+@criterion("flap")
+def flap(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> dict[int, np.ndarray]:
+    """FLAP fluctuation: Var(X_j)·‖W_{:,j}‖² over consumers, standardized per group."""
+    raw = _per_position(dg, calib_ctx if calib_ctx and calib_ctx.calibrated else None, "flap",
+                        lambda w, st: st.var * (w * w).sum(0))
+    return {gid: _zscore(s) for gid, s in raw.items()}
+
+
+def _zscore(s: np.ndarray) -> np.ndarray:
+    sd = float(np.std(s))
+    z = (s - np.mean(s)) / sd if sd > 0 else np.zeros_like(s)
+    return z + Z_SHIFT
+
+
+def augmented_hessian(st, damp: float = DAMP) -> np.ndarray:
+    """[[E xxᵀ + λ·mean(diag)·I, E x], [E xᵀ, 1]]: the Hessian of a layer with a bias input."""
+    h = st.hessian()
+    c = h.shape[0]
+    ha = np.empty((c + 1, c + 1))
+    ha[:c, :c] = h
+    ha[:c, c] = ha[c, :c] = st.mean
+    ha[c, c] = 1.0
+    d = float(np.mean(np.diag(h))) if c else 0.0
+    ha[np.arange(c), np.arange(c)] += damp * (d if d > 0 else 1.0)
+    # the bias row also gets a little damping so a constant channel cannot make H singular
+    ha[c, c] += damp
+    return ha
+
+
+def _inv_spd(a: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix via Cholesky (adds jitter if needed)."""
+    jitter = 0.0
+    for _ in range(6):
+        try:
+            cf = scipy.linalg.cho_factor(a + jitter * np.eye(len(a)), lower=True)
+            return scipy.linalg.cho_solve(cf, np.eye(len(a)))
+        except np.linalg.LinAlgError:
+            jitter = max(jitter * 10, 1e-8 * float(np.mean(np.diag(a))) or 1e-8)
+    return np.linalg.pinv(a)
+
+
+def obs_unit_costs(w: np.ndarray, hinv: np.ndarray, units: np.ndarray, n_units: int) -> np.ndarray:
+    """OBS cost of removing each unit's input columns alone: tr(W_P ([H⁻¹]_PP)⁻¹ W_Pᵀ).
+
+    `units[j]` is the unit of column j; units owning one column use the closed form
+    Σ_rows W_j² / [H⁻¹]_jj, the others solve their small block."""
+    cost = np.zeros(n_units)
+    counts = np.bincount(units, minlength=n_units)
+    diag = np.maximum(np.diag(hinv)[:len(units)], 1e-300)
+    single = counts[units] == 1
+    if single.any():
+        cols = np.flatnonzero(single)
+        cost[units[cols]] += (w[:, cols] ** 2).sum(0) / diag[cols]
+    for u in np.flatnonzero(counts > 1):
+        p = np.flatnonzero(units == u)
+        wp = w[:, p]
+        blk = hinv[np.ix_(p, p)]
+        cost[u] += float(np.sum(wp * np.linalg.solve(blk, wp.T).T))
+    return cost
+
+
+@criterion("obspa")
+def obspa(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> dict[int, np.ndarray]:
+    """OBS group cost with the consumers' input Hessians (calibrated or data-free)."""
+    ctx = calib_ctx
+    if ctx is None or not ctx.stats:
+        ctx = build_context(dg, None, data_free=True)
+        if calib_ctx is not None:
+            calib_ctx.consumers, calib_ctx.stats = ctx.consumers, ctx.stats
+            ctx = calib_ctx
+    by_group = _consumers_by_group(dg, ctx)
+    hinv_cache: dict[tuple[str, int], np.ndarray] = {}
+    fallback = None
+    out = {}
+    for g in dg.prunable_groups():
+        cons = by_group.get(g.id)
+        if not cons:
+            if fallback is None:
+                fallback = magnitude(dg)
+            out[g.id] = fallback[g.id]
+            ctx.notes.append(f"obspa: group {g.id} ({g.label()}) has no consumer statistics; "
+                             "scored by magnitude")
+            continue
+        s = np.zeros(g.n_units)
+        for c in cons:
+            key = (c.x, c.x_axis)
+            if key not in hinv_cache:
+                hinv_cache[key] = _inv_spd(augmented_hessian(ctx.stats[key]))
+            s += obs_unit_costs(_matrix(dg, c), hinv_cache[key], g.unit_of[(c.w, c.w_axis)],
+                                g.n_units)
+        out[g.id] = s
+    return out
