@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from math import erf, exp, pi, sqrt
+from math import erf, pi, sqrt
 from pathlib import Path
 
 import numpy as np

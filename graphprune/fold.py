@@ -225,29 +225,6 @@ def _out_mask(view, node, fn, ins, ms, out):
     return None
 
 
-def light_copy(model: onnx.ModelProto, max_elements: int = LIMIT) -> onnx.ModelProto:
-    """A copy of the model for shape inference: large initializers become typed graph inputs,
-    so no weight bytes are copied or serialized (inference needs their shapes, not values)."""
-    scratch = onnx.ModelProto()
-    scratch.ir_version = model.ir_version
-    scratch.opset_import.extend(model.opset_import)
-    scratch.functions.extend(model.functions)
-    g, src = scratch.graph, model.graph
-    g.name = src.name
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    listed = {i.name for i in src.input}
-    for t in src.initializer:
-        n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
-        if n <= max_elements:
-            g.initializer.append(t)
-        elif t.name not in listed:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return scratch
-
-
 def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:
     """A GraphView whose shapes also use folded values.
 
@@ -266,7 +243,9 @@ def static_view(model: onnx.ModelProto, shapes: dict) -> GraphView:
             view.folded = fold_static_values(view)
         return view
 
-    scratch = light_copy(model)
+    from .model_io import inference_copy
+
+    scratch = inference_copy(model)
     folded_names = set(view.folded)
     keep_nodes = [n for n in scratch.graph.node if not (n.output and n.output[0] in folded_names)]
     produced = {o for n in keep_nodes for o in n.output}

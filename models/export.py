@@ -40,21 +40,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import io
-import logging
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 import torch
 
+from models._export_util import quiet_export, strip_metadata
 from models.zoo import MODELS, ON_DEMAND, build, example_input
 
 __all__ = ["EXPORTERS", "export_model", "verify_model", "op_counts", "main"]
@@ -76,52 +73,6 @@ DEMO_PATH = _MODELS_DIR / "demo.onnx"
 
 # Stay well below protobuf's hard 2 GiB message limit.
 _INLINE_LIMIT_BYTES = 1_800_000_000
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence exporter chatter (deprecation notices, missing-torchvision warnings).
-
-    None of it is actionable here and it buries the summary table.
-    """
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
-def _strip_metadata(model: onnx.ModelProto) -> None:
-    """Drop exporter debug metadata so files are small, reproducible and path-free."""
-
-    def strip_graph(graph: onnx.GraphProto) -> None:
-        graph.doc_string = ""
-        for seq in (graph.input, graph.output, graph.value_info):
-            for vi in seq:
-                del vi.metadata_props[:]
-                vi.doc_string = ""
-        for init in graph.initializer:
-            del init.metadata_props[:]
-            init.doc_string = ""
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    strip_graph(attr.g)
-                for g in attr.graphs:
-                    strip_graph(g)
-
-    model.doc_string = ""
-    del model.metadata_props[:]
-    strip_graph(model.graph)
 
 
 def _export_legacy(model: torch.nn.Module, x: torch.Tensor, keep_bn: bool) -> onnx.ModelProto:
@@ -197,12 +148,12 @@ def export_model(name: str, path: str | os.PathLike, exporter: str) -> Path:
     model = build(name)
     x = example_input(name)
     keep_bn = exporter.endswith("_bn")
-    with _quiet(), torch.no_grad():
+    with quiet_export(), torch.no_grad():
         if exporter.startswith("legacy"):
             proto = _export_legacy(model, x, keep_bn)
         else:
             proto = _export_dynamo(model, x, keep_bn)
-    _strip_metadata(proto)
+    strip_metadata(proto)
 
     data_path = path.with_name(path.name + ".data")
     if data_path.exists():

@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import io
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 import torch
 
+from models._export_util import quiet_export, strip_metadata
 from models.transformers_zoo import ON_DEMAND, TEXT_MODELS, TX_MODELS, build_tx, make_inputs
 
 __all__ = ["EXPORTERS", "BUNDLED_DIR", "CACHE_DIR", "VERIFY_SIZES", "export_tx", "verify_tx",
@@ -59,56 +57,6 @@ CACHE_DIR = _MODELS_DIR / "cache" / "tx"
 
 #: (batch, seq) sizes checked against torch besides the export size (2, 8); seq is ignored for vit.
 VERIFY_SIZES = ((2, 8), (1, 5), (1, 11), (3, 11))
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence exporter chatter (deprecations, progress prints) that buries the summary table."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export",
-                                              "onnxscript", "transformers")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
-def _strip_metadata(model: onnx.ModelProto) -> None:
-    """Drop exporter debug metadata (stack traces, absolute paths, FX dumps) for reproducible files."""
-
-    def strip_graph(graph: onnx.GraphProto) -> None:
-        graph.doc_string = ""
-        for seq in (graph.input, graph.output, graph.value_info):
-            for vi in seq:
-                del vi.metadata_props[:]
-                vi.doc_string = ""
-        for init in graph.initializer:
-            del init.metadata_props[:]
-            init.doc_string = ""
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    strip_graph(attr.g)
-                for g in attr.graphs:
-                    strip_graph(g)
-
-    model.doc_string = ""
-    del model.metadata_props[:]
-    strip_graph(model.graph)
-    for fn in model.functions:
-        del fn.metadata_props[:]
-        fn.doc_string = ""
-        for node in fn.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
 
 
 def _axes(name: str) -> dict[int, str]:
@@ -146,12 +94,12 @@ def export_tx(name: str, path: str | os.PathLike, exporter: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model, inputs = build_tx(name)
-    with _quiet(), torch.no_grad():
+    with quiet_export(), torch.no_grad():
         if exporter == "legacy":
             proto = _export_legacy(name, model, inputs)
         else:
             proto = _export_dynamo(name, model, inputs)
-    _strip_metadata(proto)
+    strip_metadata(proto)
     # Round-trip through bytes and write ONE self-contained file; remove a stale sidecar if any.
     proto = onnx.load_from_string(proto.SerializeToString())
     data_path = path.with_name(path.name + ".data")

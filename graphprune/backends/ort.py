@@ -5,8 +5,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..ir import attr  # noqa: F401  (kept for rule-style helpers)
-
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,

@@ -287,10 +287,10 @@ class Rewriter:
         del self.model.graph.value_info[:]
         self.model.graph.value_info.extend(vis)
         if stale:
-            from ..fold import light_copy
+            from ..model_io import inference_copy
 
             try:
-                inferred = onnx.shape_inference.infer_shapes(light_copy(self.model),
+                inferred = onnx.shape_inference.infer_shapes(inference_copy(self.model),
                                                              data_prop=True)
             except Exception:
                 return
