@@ -55,6 +55,16 @@ def _run_all(model: onnx.ModelProto, names: list[str], sizes, seed: int):
     return got
 
 
+def _run_twice(probe: onnx.ModelProto, names: list[str]):
+    """Both probe runs, with a fallback pair of sizes; None if the model runs at neither."""
+    for sizes_a, sizes_b in (PROBE_SIZES, FALLBACK_SIZES):
+        try:
+            return _run_all(probe, names, sizes_a, 0), _run_all(probe, names, sizes_b, 1)
+        except Exception:  # noqa: BLE001  (sizes the model rejects: try the next pair)
+            continue
+    return None
+
+
 def probe_shapes(model: onnx.ModelProto, shapes: dict) -> dict[str, tuple[Dim, ...]]:
     """Shapes of every node output observed in ONNX Runtime (symbolic where sizes vary)."""
     if model.ByteSize() > MAX_MODEL_BYTES or not _needs_probe(model, shapes):
@@ -75,15 +85,15 @@ def probe_shapes(model: onnx.ModelProto, shapes: dict) -> dict[str, tuple[Dim, .
                     else onnx.helper.make_empty_tensor_value_info(o))
                 names.append(o)
     names += [o.name for o in model.graph.output]
-    for sizes_a, sizes_b in (PROBE_SIZES, FALLBACK_SIZES):
-        try:
-            a = _run_all(probe, names, sizes_a, 0)
-            b = _run_all(probe, names, sizes_b, 1)
-            break
-        except Exception:
-            continue
-    else:
+    from .passes.validate import isolated
+
+    try:  # in a child process: some models crash ONNX Runtime at made-up sizes (SIGFPE)
+        runs = isolated(_run_twice, probe, names, crash=RuntimeError)
+    except Exception:  # noqa: BLE001  (no probe: the sizes stay unknown and their groups frozen)
         return {}
+    if runs is None:
+        return {}
+    a, b = runs
     out: dict[str, tuple[Dim, ...]] = {}
     for n in a:
         sa, sb = a[n], b[n]

@@ -590,10 +590,11 @@ class Expand(ShapeOnly):
         from .elementwise import couple_broadcast
 
         couple_broadcast(ctx, [x], y)
-        ry = ctx.rank(y)
+        ry, rx = ctx.rank(y), ctx.rank(x)
         for k, t in enumerate(target):
             a = k + ry - len(target)
-            if t is None and ctx.dim(y, a) != ctx.dim(x, a - (ry - ctx.rank(x))):
+            ax = a - (ry - rx)  # the input axis under output axis a, if the input has one
+            if t is None and (ax < 0 or ctx.dim(y, a) != ctx.dim(x, ax)):
                 ctx.block(y, a, "expanded to a size computed at run time")
 
     def rewrite(self, ctx):
