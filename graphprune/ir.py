@@ -182,7 +182,7 @@ class GraphView:
 
     def dim(self, name: str, axis: int) -> Dim:
         s = self.shapes.get(name)
-        if s is None or axis >= len(s):
+        if s is None or not 0 <= axis < len(s):  # a negative axis is a caller's bug, not -1
             return None
         return s[axis]
 

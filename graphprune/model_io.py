@@ -627,10 +627,14 @@ def _toposort(g: onnx.GraphProto, where: str) -> None:
 
 
 def _check_dims(vi: onnx.ValueInfoProto, where: str) -> None:
+    """Refuse absurd declared sizes. A negative size (some converters write -1 for "unknown",
+    which ONNX Runtime reads as symbolic) becomes an unknown dimension."""
     if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
         return
     for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and not 0 <= d.dim_value <= MAX_DIM:
+        if d.HasField("dim_value") and d.dim_value < 0:
+            d.Clear()
+        elif d.HasField("dim_value") and d.dim_value > MAX_DIM:
             raise UserError(f"{where}'{vi.name}' declares a dimension of {d.dim_value:,}; "
                             f"sizes must be in [0, {MAX_DIM:,}]")
 

@@ -8,6 +8,10 @@ model that passes the ONNX checker and runs in ONNX Runtime, or exit 2 with one 
 and nothing written: never a traceback, never an internal error, never an invalid file.
 
 `benchmarks/fuzz_long.py` runs the same cases many more times with fresh randomness.
+
+One known bug outside this suite's code is kept out with a documented `assume` in `cases`
+(shape probing of CNNs with symbolic image sizes crashes ONNX Runtime in shape_probe.py);
+remove it once that is fixed.
 """
 from __future__ import annotations
 
@@ -62,6 +66,14 @@ def _names(m: onnx.ModelProto) -> list[str]:
     g = m.graph
     return sorted({i.name for i in g.input} | {t.name for t in g.initializer}
                   | {o for n in g.node for o in n.output if o})
+
+
+def _value(t: onnx.TensorProto):
+    """An initializer's value, or None when an earlier mutation made it unreadable."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def mutate(m: onnx.ModelProto, kind: str, draw) -> None:
@@ -130,7 +142,9 @@ def mutate(m: onnx.ModelProto, kind: str, draw) -> None:
         t.dims.extend(dims)
     elif kind == "init_values" and g.initializer:
         t = g.initializer[idx(len(g.initializer))]
-        a = numpy_helper.to_array(t)
+        a = _value(t)
+        if a is None:
+            return
         fill = pick([0, np.nan, np.inf, -1, 10 ** 6])
         if np.issubdtype(a.dtype, np.floating) or fill in (0, -1):
             t.CopyFrom(numpy_helper.from_array(np.full_like(a, fill), t.name))
@@ -186,7 +200,9 @@ def mutate(m: onnx.ModelProto, kind: str, draw) -> None:
                         n.input[k] = a
     elif kind == "init_dtype" and g.initializer:
         t = g.initializer[idx(len(g.initializer))]
-        a = numpy_helper.to_array(t)
+        a = _value(t)
+        if a is None:
+            return
         to = pick([np.float16, np.float64, np.int64, np.int32])
         if draw(st.booleans()):
             t.CopyFrom(numpy_helper.from_array(a.astype(to), t.name))

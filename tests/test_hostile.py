@@ -260,6 +260,16 @@ def test_huge_declared_input_dim_refused(tmp_path):
     refused_untouched(tmp_path, [p], "dimension of 1,000,000,000,000")
 
 
+def test_negative_declared_dim_is_read_as_unknown(tmp_path):
+    """-1 for "unknown" (some converters write it; ORT reads it as symbolic) is accepted."""
+    m = conv_model()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = -1
+    p = write(m, tmp_path / "m.onnx")
+    r = cli(p, "-o", tmp_path / "o.onnx", "--quiet")
+    assert r.exit_code == 0, r.stderr
+
+
 def test_large_input_refused_before_allocating(tmp_path):
     m = conv_model()
     m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 200_000
@@ -502,3 +512,22 @@ def test_isolated_runs_return_results_and_errors():
                  crash=RuntimeError)
     with pytest.raises(ValidationError, match="died: signal SIGABRT"):
         isolated(os.abort, crash=lambda why: ValidationError(f"died: {why}"))
+
+
+def test_internal_error_is_one_line_exit_3(tmp_path, monkeypatch):
+    """A bug is neither bad input (2) nor a failed gate (1): exit 3, one line, nothing written."""
+    shutil.copy(DEMO, tmp_path / "demo.onnx")
+    before = snapshot(tmp_path)
+
+    def bug(*a, **k):
+        raise RuntimeError("something impossible\nsecond line")
+
+    monkeypatch.setattr(graphprune.pipeline, "analyze", bug)
+    r = cli(tmp_path / "demo.onnx")
+    assert r.exit_code == 3
+    assert r.stderr.strip().splitlines() == [
+        "graphprune: internal error: RuntimeError: something impossible (a bug in graphprune; "
+        "--debug shows the traceback)"]
+    assert snapshot(tmp_path) == before
+    r = cli(tmp_path / "demo.onnx", "--debug")
+    assert r.exit_code == 3 and "Traceback" in r.stderr
