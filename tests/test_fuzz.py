@@ -16,7 +16,6 @@ remove it once that is fixed.
 from __future__ import annotations
 
 import collections
-import os
 import tempfile
 from pathlib import Path
 
