@@ -83,7 +83,6 @@ class DependencyGraph:
         self.roles: dict[DimNode, str] = {}
         self.groups: list[Group] = []
         self.group_of: dict[DimNode, int] = {}
-        self.node_notes: dict[str, str] = {}  # node name -> why it froze its neighbourhood
         self.split_mode = "minor"  # how axis-splitting reshapes couple: major|minor|block
         self.head_axes: set[DimNode] = set()  # head axes created by splitting reshapes
         self.has_attention = False
@@ -219,7 +218,6 @@ class AnalyzeContext:
     def block_node(self, reason: str) -> None:
         for n in list(self.node.input) + list(self.node.output):
             self.block(n, None, reason)
-        self.dg.node_notes[self.node.name or self.node.output[0]] = reason
 
     def role(self, name: str, axis: int, role: str) -> None:
         if name and self.view.is_const(name):

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..dependency import ROLE_IN, ROLE_OUT, DependencyGraph, Group
+from ..dependency import ROLE_IN, ROLE_OUT, DependencyGraph
 from ..ir import GraphView, attr
 
 CRITERIA: dict[str, Callable] = {}
@@ -88,14 +88,6 @@ def normalize_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         m = float(np.mean(s)) if len(s) else 0.0
         out[gid] = s / m if m > 0 else s
     return out
-
-
-def group_units_with_member_positions(grp: Group) -> np.ndarray:
-    """Units that own at least one weight position (others cost nothing to remove)."""
-    mask = np.zeros(grp.n_units, dtype=bool)
-    for m in grp.members:
-        mask[grp.unit_of[(m.tensor, m.axis)]] = True
-    return mask
 
 
 # the activation-aware criteria register themselves on import (they build on magnitude above)
