@@ -52,10 +52,9 @@ def _matrix(dg: DependencyGraph, c: Consumer) -> np.ndarray:
     return c.matrix(np.asarray(dg.view.const_value(c.w), dtype=np.float64))
 
 
-def _per_position(dg, ctx, name, fn) -> dict[int, np.ndarray]:
-    """Scores of every prunable group: Σ over its consumers of fn(W_matrix, stats) mapped from
-    the consumer's input positions to units; magnitude where no consumer has statistics."""
-    ctx = ctx or CalibContext()
+def _score_groups(dg, ctx, name, per_consumer) -> dict[int, np.ndarray]:
+    """Scores of every prunable group: Σ over its consumers of per_consumer(group, consumer)
+    (one number per unit); magnitude where no consumer has statistics, noted in `ctx`."""
     by_group = _consumers_by_group(dg, ctx)
     fallback = None
     out = {}
@@ -70,9 +69,22 @@ def _per_position(dg, ctx, name, fn) -> dict[int, np.ndarray]:
             continue
         s = np.zeros(g.n_units)
         for c in cons:
-            np.add.at(s, g.unit_of[(c.w, c.w_axis)], fn(_matrix(dg, c), ctx.stats[(c.x, c.x_axis)]))
+            s += per_consumer(g, c)
         out[g.id] = s
     return out
+
+
+def _per_position(dg, ctx, name, fn) -> dict[int, np.ndarray]:
+    """`_score_groups` where fn(W_matrix, stats) scores each consumer input position, summed
+    into the position's unit."""
+    ctx = ctx or CalibContext()
+
+    def per_consumer(g, c):
+        s = np.zeros(g.n_units)
+        np.add.at(s, g.unit_of[(c.w, c.w_axis)], fn(_matrix(dg, c), ctx.stats[(c.x, c.x_axis)]))
+        return s
+
+    return _score_groups(dg, ctx, name, per_consumer)
 
 
 @criterion("wanda")
@@ -152,25 +164,13 @@ def obspa(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> di
         if calib_ctx is not None:
             calib_ctx.consumers, calib_ctx.stats = ctx.consumers, ctx.stats
             ctx = calib_ctx
-    by_group = _consumers_by_group(dg, ctx)
     hinv_cache: dict[tuple[str, int], np.ndarray] = {}
-    fallback = None
-    out = {}
-    for g in dg.prunable_groups():
-        cons = by_group.get(g.id)
-        if not cons:
-            if fallback is None:
-                fallback = magnitude(dg)
-            out[g.id] = fallback[g.id]
-            ctx.notes.append(f"obspa: group {g.id} ({g.label()}) has no consumer statistics; "
-                             "scored by magnitude")
-            continue
-        s = np.zeros(g.n_units)
-        for c in cons:
-            key = (c.x, c.x_axis)
-            if key not in hinv_cache:
-                hinv_cache[key] = _inv_spd(augmented_hessian(ctx.stats[key]))
-            s += obs_unit_costs(_matrix(dg, c), hinv_cache[key], g.unit_of[(c.w, c.w_axis)],
-                                g.n_units)
-        out[g.id] = s
-    return out
+
+    def per_consumer(g, c):
+        key = (c.x, c.x_axis)
+        if key not in hinv_cache:
+            hinv_cache[key] = _inv_spd(augmented_hessian(ctx.stats[key]))
+        return obs_unit_costs(_matrix(dg, c), hinv_cache[key], g.unit_of[(c.w, c.w_axis)],
+                              g.n_units)
+
+    return _score_groups(dg, ctx, "obspa", per_consumer)
