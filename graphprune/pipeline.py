@@ -251,11 +251,11 @@ def _prune(src: _Source, opts: PruneOptions, timer: _Timer) -> PruneResult:
         with timer.phase("compensate"):
             comp = compensate(view, dg, plan, cctx, mode)
     with timer.phase("rewrite"):
-        counts = rewrite(view, dg, plan)
+        counts, shapes = rewrite(view, dg, plan)
         counts["constants_retied"] = retie_identical(work, copies)
     fid = None
     with timer.phase("validate"):
-        after_view = static_view(work, infer_shapes(work))
+        after_view = GraphView(work, shapes)
         after = {"params": count_params(after_view), "macs": count_macs(after_view)}
         if opts.validate and not lazy:
             fid = validate_pass.validate(None, work, seed=opts.seed, ref=ref)

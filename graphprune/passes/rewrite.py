@@ -170,6 +170,7 @@ class Rewriter:
         self.add_initializer(mask_name, np.asarray(where, dtype=bool))
         self.add_initializer(val_name, np.asarray(value).astype(self.view.partial[name][0].dtype))
         patch = helper.make_node("Where", [mask_name, val_name, name], [base], name=base)
+        self.view.shapes[base] = self.view.shapes.get(name)  # same vector, new entries
         self.inserts.append((node, patch))
         node.input[idx] = base
 
@@ -298,8 +299,20 @@ class Rewriter:
             self.model.graph.value_info.extend(fresh[n] for n in stale if n in fresh)
 
 
-def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:
-    """Apply a plan to `view.model` in place. Returns counts for the report."""
+def shapes_after(view: GraphView, keep: dict[tuple[str, int], np.ndarray]) -> dict:
+    """The pruned model's shapes: every shape the analysis knew, with each shrunk axis at its
+    kept size (no second round of shape inference or ONNX Runtime probing)."""
+    shapes = dict(view.shapes)
+    for (name, axis), pos in keep.items():
+        s = shapes.get(name)
+        if s is not None and axis < len(s):
+            shapes[name] = s[:axis] + (int(len(pos)),) + s[axis + 1:]
+    return shapes
+
+
+def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> tuple[dict, dict]:
+    """Apply a plan to `view.model` in place. Returns counts for the report and the shapes of
+    the pruned model (see `shapes_after`)."""
     keep = keep_positions(dg, plan)
     rw = Rewriter(view, keep)
     # read original small constants before anything is overwritten
@@ -313,4 +326,5 @@ def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict:
     pinned = rw.pin_shape_computations()
     rw.insert_pending()
     rw.drop_stale_value_info()
-    return {"tensors_sliced": n_sliced, "axes_shrunk": len(keep), "shape_values_pinned": pinned}
+    counts = {"tensors_sliced": n_sliced, "axes_shrunk": len(keep), "shape_values_pinned": pinned}
+    return counts, shapes_after(view, keep)
