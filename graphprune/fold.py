@@ -22,7 +22,8 @@ def _ints(v):
     return [int(x) for x in np.asarray(v).reshape(-1)]
 
 
-def _shape(view, node, vals):
+def _shape_dims(view, node) -> tuple | None:
+    """The dims a Shape node reads (its `start`/`end` window), static or symbolic."""
     s = view.shape(node.input[0])
     if s is None:
         return None
@@ -31,18 +32,18 @@ def _shape(view, node, vals):
     end = attr(node, "end")
     start = start + r if start < 0 else start
     end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
-    dims = s[max(start, 0):min(end, r)]
+    return s[max(start, 0):min(end, r)]
+
+
+def _shape(view, node, vals):
+    dims = _shape_dims(view, node)
+    if dims is None:
+        return None
     return np.array([d if isinstance(d, int) else 1 for d in dims], dtype=np.int64)
 
 
 def _shape_mask(view, node):
-    s = view.shape(node.input[0])
-    r = len(s)
-    start = int(attr(node, "start", 0))
-    end = attr(node, "end")
-    start = start + r if start < 0 else start
-    end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
-    return np.array([isinstance(d, int) for d in s[max(start, 0):min(end, r)]], dtype=bool)
+    return np.array([isinstance(d, int) for d in _shape_dims(view, node)], dtype=bool)
 
 
 def _size(view, node, vals):
