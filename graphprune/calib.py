@@ -391,16 +391,19 @@ class CalibContext:
     notes: list[str] = field(default_factory=list)
     source: str = ""
     samples: int = 0
+    # the samples themselves, for criteria that run the model (lrp)
+    calibration: Calibration | None = None
 
 
 def build_context(dg: DependencyGraph, cal: Calibration | None, data_free: bool = False,
-                  batch: int = BATCH) -> CalibContext:
-    """Consumers and their statistics: measured when `cal` is given, else (with `data_free`)
-    derived from the model's own BatchNorm parameters."""
-    ctx = CalibContext(consumers=find_consumers(dg))
+                  batch: int = BATCH, stats: bool = True) -> CalibContext:
+    """Consumers and their statistics: measured when `cal` is given (and `stats`), else (with
+    `data_free`) derived from the model's own BatchNorm parameters."""
+    ctx = CalibContext(consumers=find_consumers(dg), calibration=cal)
     if cal is not None:
-        ctx.stats = collect_stats(dg.view.model, ctx.consumers, cal, batch)
         ctx.calibrated = True
+        if stats:
+            ctx.stats = collect_stats(dg.view.model, ctx.consumers, cal, batch)
     elif data_free:
         ctx.stats = data_free_stats(dg, ctx.consumers)
     return ctx

@@ -92,3 +92,4 @@ def normalize_scores(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 # the activation-aware criteria register themselves on import (they build on magnitude above)
 from . import criteria_calib  # noqa: E402,F401
+from . import criteria_lrp  # noqa: E402,F401
