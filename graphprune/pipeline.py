@@ -53,6 +53,14 @@ class PruneOptions:
     # compensation after selection: None = what the criterion implies (obspa -> "obspa",
     # flap -> "flap"), False/"none" = off, or "flap" / "obspa" explicitly
     compensate: object = None
+    # calibration from text for language models (graphprune.text): a text file, a tokenizer
+    # (tokenizer.json, a tokenizer folder or a callable text -> ids) and the window length
+    calib_text: object = None
+    tokenizer: object = None
+    seq_len: int = 128
+    # remove this fraction of the model's parameters (global, per-parameter ranking) instead
+    # of `ratio` of every group's units
+    target_params: float | None = None
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -66,6 +74,8 @@ class PruneOptions:
             raise UserError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.criterion not in CRITERIA:
             raise UserError(f"unknown criterion {self.criterion!r}; choose from {sorted(CRITERIA)}")
+        if self.target_params is not None and not 0.0 < self.target_params < 1.0:
+            raise UserError(f"--target-params must be in (0, 1), got {self.target_params}")
         if self.round_to < 1:
             raise UserError(f"--round-to must be >= 1, got {self.round_to}")
         if self.min_keep < 1:
@@ -205,7 +215,7 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
     opts.check()
     timer = _Timer(progress)
     with timer.phase("load"):
-        src = _load(model, in_memory or bool(opts.drop_blocks) or opts.calib is not None)
+        src = _load(model, in_memory or bool(opts.drop_blocks) or _has_calibration(opts))
     token = WEIGHTS.set(src.store)
     try:
         return _prune(src, opts, timer)
@@ -226,23 +236,28 @@ def _prune(src: _Source, opts: PruneOptions, timer: _Timer) -> PruneResult:
         copies = untie_shared_constants(work)
         view = static_view(work, infer_shapes(work))
         before = {"params": params_before, "macs": count_macs(view)}
+    cal = None
+    if _has_calibration(opts):
+        with timer.phase("calibrate"):
+            cal = _load_calibration(src.original, work, opts)
     blocks = []
     if opts.drop_blocks:
         with timer.phase("depth"):
-            view, blocks = _drop_blocks(work, view, opts)
+            view, blocks = _drop_blocks(work, view, opts, cal)
     with timer.phase("analyze"):
         dg = analyze(view, dims=opts.dims)
         apply_protect(dg, opts.protect)
     cctx = None
-    if opts.criterion in CALIB_CRITERIA or opts.calib is not None:
+    if opts.criterion in CALIB_CRITERIA or cal is not None:
         with timer.phase("calibrate"):
-            cctx = _calibrate(src.original, dg, opts)
+            cctx = _calibrate(dg, opts, cal)
     with timer.phase("score"):
         extra = {"calib_ctx": cctx} if cctx is not None else {}
         scores = CRITERIA[opts.criterion](dg, seed=opts.seed, **extra)
     with timer.phase("select"):
         plan = select(dg, scores, opts.ratio, global_rank=opts.global_rank,
-                      round_to=opts.round_to, min_keep=opts.min_keep)
+                      round_to=opts.round_to, min_keep=opts.min_keep,
+                      params_budget=_params_budget(opts, params_before, view))
     comp = None
     mode = _compensation_mode(opts)
     if mode and cctx is not None and cctx.stats and plan.keep:
@@ -280,24 +295,51 @@ def _prune(src: _Source, opts: PruneOptions, timer: _Timer) -> PruneResult:
                        external=src.external)
 
 
-CALIB_CRITERIA = ("wanda", "flap", "obspa")
+CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")
 
 
-def _calibrate(original, dg, opts):
+def _params_budget(opts, params_before: int, view) -> float | None:
+    """Parameters width pruning still has to remove for --target-params (blocks dropped by
+    --drop-blocks already count)."""
+    if opts.target_params is None:
+        return None
+    return opts.target_params * params_before - (params_before - count_params(view))
+
+
+def _has_calibration(opts) -> bool:
+    return opts.calib is not None or opts.calib_text is not None
+
+
+def _load_calibration(original, work, opts):
+    """The calibration samples: `opts.calib` (npz, images, arrays, N random) or token windows
+    of `opts.calib_text` (see graphprune.calib and graphprune.text). `original` is the input
+    (path or ModelProto) ORT can run, `work` the loaded copy (its graph inputs name the feeds)."""
+    from .calib import load_calibration
+
+    if opts.calib_text is not None:
+        if opts.calib is not None:
+            raise UserError("give either --calib/--calib-random or --calib-text, not both")
+        from .text import text_calibration
+
+        cal = text_calibration(work, opts.calib_text, opts.tokenizer, opts.seq_len)
+        return load_calibration(cal, original, labels=opts.labels)
+    return load_calibration(opts.calib, original, preprocess=opts.preprocess,
+                            labels=opts.labels, seed=opts.seed)
+
+
+def _calibrate(dg, opts, cal):
     """Consumers and activation statistics for the data-aware criteria (see graphprune.calib):
-    measured on `opts.calib`, else data-free for obspa; wanda/flap without data fall back to
-    magnitude (their notes say so)."""
-    from .calib import build_context, load_calibration
+    measured on the calibration samples `cal`, else data-free for obspa; wanda/flap without
+    data fall back to magnitude (their notes say so)."""
+    from .calib import build_context
 
-    cal = None
-    if opts.calib is not None:
-        cal = load_calibration(opts.calib, original, preprocess=opts.preprocess,
-                               labels=opts.labels, seed=opts.seed)
-    ctx = build_context(dg, cal, data_free=opts.criterion == "obspa")
+    # lrp runs the model itself; consumer statistics only serve its compensation, if any
+    stats = opts.criterion != "lrp" or _compensation_mode(opts) is not None
+    ctx = build_context(dg, cal, data_free=opts.criterion == "obspa", stats=stats)
     ctx.source = cal.source if cal is not None else (
         "data-free" if opts.criterion == "obspa" else "none")
     ctx.samples = cal.n if cal is not None else 0
-    if cal is None and opts.criterion in ("wanda", "flap"):
+    if cal is None and opts.criterion in ("wanda", "flap", "amp"):
         ctx.notes.append(f"{opts.criterion}: no calibration data; every group is scored by "
                          "magnitude")
     return ctx
@@ -316,15 +358,19 @@ def _compensation_mode(opts) -> str | None:
     return c
 
 
-def _drop_blocks(work, view, opts):
-    """Score residual blocks on random inputs and remove the `drop_blocks` least useful."""
-    from .passes.depth import calibration_feeds, drop_blocks, find_residual_blocks, score_blocks
+def _drop_blocks(work, view, opts, cal=None):
+    """Score residual blocks on the calibration samples (random inputs without them) and
+    remove the `drop_blocks` least useful."""
+    from .passes.depth import (calibration_feeds, drop_blocks, find_residual_blocks,
+                               score_blocks, split_feeds)
 
     blocks = find_residual_blocks(view)
     if opts.drop_blocks > len(blocks):
         raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
                         "residual blocks")
-    score_blocks(work, blocks, calibration_feeds(work, view, seed=opts.seed))
+    feeds = split_feeds(work, cal.feeds) if cal is not None else calibration_feeds(work, view,
+                                                                              seed=opts.seed)
+    score_blocks(work, blocks, feeds)
     drop_blocks(work, blocks, opts.drop_blocks)
     return static_view(work, infer_shapes(work)), blocks
 
@@ -357,7 +403,7 @@ def build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, ti
         "input": in_path,
         "output": None,
         "criterion": opts.criterion,
-        "target": {"ratio": opts.ratio, "dims": list(opts.dims), "global": opts.global_rank,
+        "target": {"ratio": opts.ratio, "params": opts.target_params, "dims": list(opts.dims), "global": opts.global_rank,
                    "round_to": opts.round_to,
                    "min_keep": opts.min_keep, "protect": list(opts.protect), "seed": opts.seed},
         "params": {"before": before["params"], "after": after["params"]},

@@ -142,6 +142,10 @@ def main():
                    "that change the stream least (1 - cosine on random inputs).")
 @click.option("--global", "global_rank", is_flag=True,
               help="Rank units across all groups (normalized) instead of a uniform ratio per group.")
+@click.option("--target-params", type=float, default=None, metavar="F",
+              help="Remove this fraction of the model's parameters instead of --ratio of every "
+                   "group: units of all groups ranked together, least important per parameter "
+                   "first (non-uniform widths; attention heads go as whole GQA groups).")
 @click.option("--round-to", type=int, default=1, show_default=True,
               help="Keep widths a multiple of N (hardware friendly).")
 @click.option("--min-keep", type=int, default=1, show_default=True,
@@ -160,6 +164,14 @@ def main():
                    "by the wanda/flap/obspa criteria.")
 @click.option("--calib-random", type=int, default=None, metavar="N",
               help="Calibrate wanda/flap/obspa on N seeded random inputs (when no --calib).")
+@click.option("--calib-text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Language models: calibrate on this text, tokenized with --tokenizer and cut "
+                   "into --seq-len token windows (also scores blocks for --drop-blocks).")
+@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None,
+              help="For --calib-text: a tokenizer.json file or a tokenizer folder.")
+@click.option("--seq-len", type=int, default=128, show_default=True,
+              help="For --calib-text: tokens per calibration window.")
 @click.option("--preprocess", type=click.Choice(["imagenet", "none"]), default="imagenet",
               show_default=True,
               help="For --calib DIR: resize the shorter side + center crop to the input H×W, "
@@ -183,10 +195,11 @@ def main():
 @click.option("--min-speedup", type=float, default=None,
               help="Gate (implies --benchmark): exit 1 when measured speedup < Y.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, round_to, min_keep,
+def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, target_params,
+              round_to, min_keep,
               protect,
-              report, external_data, seed, quiet, as_json, calib, calib_random, preprocess, labels,
-              compensate, html_out, benchmark, threads, repeats, max_drop, min_speedup, debug):
+              report, external_data, seed, quiet, as_json, calib, calib_random, calib_text,
+              tokenizer, seq_len, preprocess, labels, compensate, html_out, benchmark, threads, repeats, max_drop, min_speedup, debug):
     """Prune MODEL and write a smaller, valid ONNX model."""
     from ..pipeline import prune
 
@@ -198,10 +211,13 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, r
     try:
         check_outputs(model, out, tuple(p for p in (report, html_out) if p))
         res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
+                    target_params=target_params,
                     round_to=round_to, min_keep=min_keep, protect=list(protect), seed=seed,
                     dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json),
                     in_memory=measure, **_calib_options(criterion, calib, calib_random,
-                                                        preprocess, labels, compensate))
+                                                        preprocess, labels, compensate,
+                                                        calib_text, tokenizer, seq_len,
+                                                        drop_blocks))
         gates = []
         if measure and calib is not None and calib.is_dir():
             calib = _images_npz(res, model, calib, preprocess)
@@ -229,11 +245,22 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, r
     _exit_on_gates(gates)
 
 
-def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate) -> dict:
-    """prune() options for the data-aware criteria; other criteria ignore calibration."""
+def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate,
+                   calib_text=None, tokenizer=None, seq_len=128, drop_blocks=0) -> dict:
+    """prune() options for the data-aware criteria and block scoring; other criteria ignore
+    calibration."""
     from ..pipeline import CALIB_CRITERIA
 
     opts = {} if compensate == "auto" else {"compensate": compensate}
+    if calib_text is not None:
+        if calib is not None or calib_random is not None:
+            raise UserError("give either --calib/--calib-random or --calib-text, not both")
+        if tokenizer is None:
+            raise UserError("--calib-text needs --tokenizer (a tokenizer.json file or folder)")
+        if criterion in CALIB_CRITERIA or "compensate" in opts or drop_blocks:
+            opts.update(calib_text=str(calib_text), tokenizer=str(tokenizer), seq_len=seq_len,
+                        labels=str(labels) if labels else None)
+        return opts
     source = calib if calib is not None else calib_random
     if source is not None and (criterion in CALIB_CRITERIA or "compensate" in opts):
         opts.update(calib=str(source) if isinstance(source, Path) else source,

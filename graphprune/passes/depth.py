@@ -108,6 +108,18 @@ def score_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], feeds_list
         b.score = totals[k] / max(len(feeds_list), 1)
 
 
+def split_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                batch: int = 8) -> list[dict[str, np.ndarray]]:
+    """Calibration arrays (samples on axis 0) as a list of batches for `score_blocks`: `batch`
+    samples each (bounded memory), or the model's static batch size."""
+    for i in model.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if i.name in feeds and dims and dims[0].HasField("dim_value"):
+            batch = dims[0].dim_value
+    n = len(next(iter(feeds.values())))
+    return [{k: v[s:s + batch] for k, v in feeds.items()} for s in range(0, n, batch)]
+
+
 def calibration_feeds(model: onnx.ModelProto, view: GraphView, n: int = 4, seed: int = 0):
     """Random inputs for block scoring: token ids over the whole vocabulary of the embedding
     they index (not just 0/1), other inputs standard normal; symbolic sizes 1 × 16."""
