@@ -53,16 +53,62 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
+def unit_param_costs(dg: DependencyGraph, g: Group) -> np.ndarray:
+    """Parameters each unit of `g` carries: the slices of every floating-point constant that
+    is a member of the group (weights, biases, norm scales) summed per unit."""
+    cost = np.zeros(g.n_units)
+    view = dg.view
+    for (t, ax), units in g.unit_of.items():
+        c = view.consts.get(t)
+        if c is None or not np.issubdtype(np.dtype(c.dtype), np.floating) or not c.shape:
+            continue
+        per_position = c.numel // max(int(c.shape[ax]), 1)
+        cost += np.bincount(units, minlength=g.n_units)[:g.n_units] * per_position
+    return cost
+
+
+def _remove_for_params(dg, groups, scores, budget: float, min_keep: int) -> dict[int, int]:
+    """Units to remove per group so that about `budget` parameters go, lowest normalized score
+    first (each group's scores ÷ their mean, as for --global), counting what every unit
+    costs in parameters. Ranking by score ÷ parameters instead (a knapsack view) removes
+    whole GQA head groups first, and raw scores compare badly across depth: both lose far
+    more perplexity on a real LLM at the same size. Returns n_keep per group."""
+    from .score import normalize_scores
+
+    costs = [unit_param_costs(dg, g) for g in groups]
+    norm = normalize_scores({g.id: scores[g.id] for g in groups})
+    key = np.concatenate([norm[g.id] for g in groups])
+    cost = np.concatenate(costs)
+    owner = np.concatenate([np.full(g.n_units, i) for i, g in enumerate(groups)])
+    removed = np.zeros(len(groups), dtype=np.int64)
+    gone = 0.0
+    for idx in np.lexsort((np.arange(len(key)), key)):
+        if gone >= budget:
+            break
+        gi = owner[idx]
+        if cost[idx] > 0 and groups[gi].n_units - removed[gi] > max(min_keep, 1):
+            removed[gi] += 1
+            gone += cost[idx]
+    return {g.id: g.n_units - int(removed[gi]) for gi, g in enumerate(groups)}
+
+
 def select(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
-           global_rank: bool = False, round_to: int = 1, min_keep: int = 1) -> Plan:
+           global_rank: bool = False, round_to: int = 1, min_keep: int = 1,
+           params_budget: float | None = None) -> Plan:
     """Keep-sets per group. `ratio` is the fraction of prunable units to remove: per group
-    (uniform) by default, or across all groups by normalized score with `global_rank`."""
+    (uniform) by default, or across all groups by normalized score with `global_rank`.
+    `params_budget` (a parameter count) instead removes units across all groups, least
+    important per parameter first, until that many parameters are gone (rounding with
+    `round_to` keeps a little more)."""
     plan = Plan()
     groups = [g for g in dg.prunable_groups() if g.id in scores]
-    if ratio <= 0 or not groups:
+    if (params_budget is None and ratio <= 0) or (params_budget is not None
+                                                   and params_budget <= 0) or not groups:
         return plan
     n_keep: dict[int, int] = {}
-    if global_rank:
+    if params_budget is not None:
+        n_keep = _remove_for_params(dg, groups, scores, params_budget, min_keep)
+    elif global_rank:
         from .score import normalize_scores
 
         norm = normalize_scores({g.id: scores[g.id] for g in groups})
