@@ -16,7 +16,7 @@ from helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
 RESNET = ROOT / "models" / "onnx" / "resnet_tiny.legacy.onnx"
-CALIB_CRITERIA = ["wanda", "flap", "obspa"]
+CALIB_CRITERIA = ["wanda", "flap", "obspa", "amp"]
 
 
 def _model(nodes, inits, x_shape, y_name="y", y_shape=None):

@@ -9,6 +9,12 @@ layers whose contraction axis loses the unit: next Conv's input channels, a Gemm
 - ``flap``: Σ_consumers Var(X_j) · ‖W_{:,j}‖², z-scored per group so that groups compare under
   ``--global``; the compensation pass then folds the removed channels' mean contribution into
   the consumer's bias (b ← b + W_{:,P}·E[X_P]).
+- ``amp`` (attention heads + MLP units, projection energy): E‖W_{:,P} x_P‖² over consumers, the
+  energy of what unit P writes through its consumer (for a head: its whole o_proj slice, for an
+  MLP unit: its down_proj column) on the calibration inputs. Single columns reduce to
+  ‖W_{:,j}‖²·E[x_j²]; multi-column units (heads) use their block of E[x xᵀ], so correlated
+  channels inside a head count together. Raw energies of heads and MLP units that write into
+  the same residual stream are on one scale, which `--target-params` ranks directly.
 - ``obspa``: Optimal-Brain-Surgeon cost of removing each unit from every consumer with input
   Hessian H = E[x xᵀ] (+ λ·mean diag), augmented with the constant input of the bias so the
   cost already accounts for the mean being re-absorbed. Removing columns P costs
@@ -100,6 +106,33 @@ def flap(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> dic
     raw = _per_position(dg, calib_ctx if calib_ctx and calib_ctx.calibrated else None, "flap",
                         lambda w, st: st.var * (w * w).sum(0))
     return {gid: _zscore(s) for gid, s in raw.items()}
+
+
+@criterion("amp")
+def amp(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> dict[int, np.ndarray]:
+    """Projection energy E‖W_P x_P‖² of every unit through its consumers (see the docstring)."""
+    ctx = calib_ctx if calib_ctx and calib_ctx.calibrated else CalibContext()
+
+    def per_consumer(g, c):
+        w = _matrix(dg, c)
+        h = ctx.stats[(c.x, c.x_axis)].hessian()
+        return unit_energy(w, h, g.unit_of[(c.w, c.w_axis)], g.n_units)
+
+    return _score_groups(dg, ctx, "amp", per_consumer)
+
+
+def unit_energy(w: np.ndarray, h: np.ndarray, units: np.ndarray, n_units: int) -> np.ndarray:
+    """tr(W_P H_PP W_Pᵀ) per unit P: the mean squared output its columns produce. Units of one
+    column use ‖W_j‖²·H_jj; wider units (heads) their block of H."""
+    out = np.zeros(n_units)
+    counts = np.bincount(units, minlength=n_units)
+    single = np.flatnonzero(counts[units] == 1)
+    out[units[single]] += (w[:, single] ** 2).sum(0) * np.diag(h)[single]
+    for u in np.flatnonzero(counts > 1):
+        p = np.flatnonzero(units == u)
+        wp = w[:, p]
+        out[u] += float(np.sum((wp @ h[np.ix_(p, p)]) * wp))
+    return out
 
 
 def _zscore(s: np.ndarray) -> np.ndarray:
