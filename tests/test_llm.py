@@ -123,15 +123,19 @@ def test_cli_calib_text_errors(tmp_path, tokenizer_file, text_file):
 
 # --------------------------------------------------------------------------- selection
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-@pytest.mark.parametrize("criterion", ["magnitude", "amp", "wanda"])
-def test_target_params_is_met_and_equals_consumer_zeroing(exporter, criterion):
+@pytest.mark.parametrize("criterion,global_rank", [("magnitude", False), ("amp", True),
+                                                   ("wanda", False), ("magnitude", True)])
+def test_target_params_is_met_and_equals_consumer_zeroing(exporter, criterion, global_rank):
     model = onnx.load(str(LLAMA[exporter]))
     calib = {model.graph.input[0].name: _windows()} if criterion != "magnitude" else None
     res = graphprune.prune(model, criterion=criterion, dims="heads,mlp", target_params=0.25,
-                           calib=calib, compensate="none")
+                           calib=calib, compensate="none", global_rank=global_rank)
     before, after = res.report["params"]["before"], res.report["params"]["after"]
     removed = 1 - after / before
     assert 0.25 <= removed < 0.25 + 0.05, removed
+    mlp = [g for g in res.report["groups"] if g["kind"] == "mlp" and not g["frozen_reason"]]
+    if not global_rank:  # uniform: every MLP loses the same share
+        assert len({g["size_after"] for g in mlp}) == 1
     for g in res.report["groups"]:
         if g["kind"] == "head":  # GQA: whole kv groups of 2 query heads go together
             assert g["size_after"] >= 1

