@@ -650,17 +650,27 @@ def _reduced_relevance(st: Step, axes) -> np.ndarray:
     return r if keep else np.expand_dims(r, axes)
 
 
+def _reduction(st: Step):
+    """(input, reduced axes, result): result is False when the rule has work to do, else what
+    the rule returns (no relevance for a constant input, None for unknown axes, the relevance
+    unchanged when nothing is reduced)."""
+    x = st.inp(0)
+    if x is None or st.is_const(0):
+        return x, None, st.none()
+    axes = _reduce_axes(st, x.ndim)
+    if axes is None:
+        return x, None, None
+    if not axes:
+        return x, axes, st.only(0, st.r(0).reshape(x.shape))
+    return x, axes, False
+
+
 @rule("GlobalAveragePool", "ReduceMean", "ReduceSum")
 def _mean(st: Step):
     """ε-rule of the average (sum): each input's share x_i / n of the window mean."""
-    x = st.inp(0)
-    if x is None or st.is_const(0):
-        return st.none()
-    axes = _reduce_axes(st, x.ndim)
-    if axes is None:
-        return None
-    if not axes:
-        return st.only(0, st.r(0).reshape(x.shape))
+    x, axes, done = _reduction(st)
+    if done is not False:
+        return done
     n = int(np.prod([x.shape[a] for a in axes])) if st.node.op_type != "ReduceSum" else 1
     z = x.sum(axis=axes, keepdims=True) / n
     return st.only(0, x * _reduced_relevance(st, axes) / _stab(z, st.eps) / n)
@@ -669,14 +679,9 @@ def _mean(st: Step):
 @rule("GlobalMaxPool", "ReduceMax")
 def _global_max(st: Step):
     """Winner-take-all over the reduced axes (first arg-max)."""
-    x = st.inp(0)
-    if x is None or st.is_const(0):
-        return st.none()
-    axes = _reduce_axes(st, x.ndim)
-    if axes is None:
-        return None
-    if not axes:
-        return st.only(0, st.r(0).reshape(x.shape))
+    x, axes, done = _reduction(st)
+    if done is not False:
+        return done
     rest = [a for a in range(x.ndim) if a not in axes]
     moved = np.transpose(x, rest + list(axes)).reshape([x.shape[a] for a in rest] + [-1])
     win = moved.argmax(-1)
