@@ -72,3 +72,11 @@ def test_sweep_without_latency_json_and_bad_ratios(tmp_path):
     assert gp("sweep", DEMO, "--ratios", "0.5,1.5", "--out", tmp_path).returncode == 2
     with pytest.raises(UserError):
         parse_ratios("a,b")
+
+
+def test_sweep_gate_fails_when_no_ratio_meets_max_drop(tmp_path):
+    r = gp("sweep", DEMO, "--ratios", "0.5,0.9", "--no-latency", "--max-drop", "0",
+           "--out", tmp_path, "--quiet")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("graphprune: gate failed: no ratio")
+    assert (tmp_path / "sweep.json").exists()  # outputs are still written

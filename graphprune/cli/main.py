@@ -460,6 +460,11 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, r
     elif not quiet:
         click.echo(format_table(result))
         click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+    if max_drop is not None and result.get("recommended") is None:
+        # a CI gate like prune's --max-drop: the outputs are written, the step fails
+        click.echo(f"graphprune: gate failed: no ratio keeps the fidelity drop <= {max_drop}",
+                   err=True)
+        sys.exit(EXIT_GATE)
 
 
 if __name__ == "__main__":  # pragma: no cover
