@@ -296,6 +296,7 @@ def _prune(src: _Source, opts: PruneOptions, timer: _Timer) -> PruneResult:
 
 
 CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")
+STATS_CRITERIA = ("wanda", "flap", "obspa", "amp")
 
 
 def _params_budget(opts, params_before: int, view) -> float | None:
@@ -333,8 +334,9 @@ def _calibrate(dg, opts, cal):
     data fall back to magnitude (their notes say so)."""
     from .calib import build_context
 
-    # lrp runs the model itself; consumer statistics only serve its compensation, if any
-    stats = opts.criterion != "lrp" or _compensation_mode(opts) is not None
+    # consumer statistics serve the statistics-based criteria and compensation; lrp runs the
+    # model itself, magnitude/random need nothing (the samples may be there for depth scoring)
+    stats = opts.criterion in STATS_CRITERIA or _compensation_mode(opts) is not None
     ctx = build_context(dg, cal, data_free=opts.criterion == "obspa", stats=stats)
     ctx.source = cal.source if cal is not None else (
         "data-free" if opts.criterion == "obspa" else "none")
