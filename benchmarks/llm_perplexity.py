@@ -17,8 +17,8 @@ Steps:
    tokenizer, calibration written to ``benchmarks/results/llm_calib.txt`` and passed to
    graphprune exactly as ``--calib-text FILE --tokenizer DIR`` does;
 3. graphprune prunes the ONNX model, for every criterion, to 10/20/30 % fewer parameters with
-   ``--dims heads,mlp --target-params F`` (the same fraction of every MLP and head group, found
-   to meet the target; heads go as whole GQA groups of 3 query + 1 key/value head), some
+   ``--dims heads,mlp --target-params F`` (the same fraction of every MLP and head group, the one
+   closest to the target; heads go as whole GQA groups of 3 query + 1 key/value head), some
    criteria also with ``--global`` (widths ranked across layers), and drops 2/4/6 blocks (``--drop-blocks N``: attention and MLP
    residual blocks scored by 1 − cos on the calibration text);
 4. Torch-Pruning 1.6 prunes the same torch model (its LLM recipe: MetaPruner, GQA-aware

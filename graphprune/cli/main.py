@@ -144,7 +144,7 @@ def main():
               help="Rank units across all groups (normalized) instead of a uniform ratio per group.")
 @click.option("--target-params", type=float, default=None, metavar="F",
               help="Remove this fraction of the model's parameters (replaces --ratio): the same "
-                   "fraction of every group, found to meet the target, or with --global units of "
+                   "fraction of every group that comes closest to it, or with --global units of "
                    "all groups ranked together (non-uniform widths). Heads go as whole GQA "
                    "groups.")
 @click.option("--round-to", type=int, default=1, show_default=True,

@@ -69,8 +69,10 @@ def unit_param_costs(dg: DependencyGraph, g: Group) -> np.ndarray:
 
 def _uniform_for_params(dg, groups, scores, budget: float, round_to: int,
                         min_keep: int) -> dict[int, int]:
-    """The smallest uniform ratio (the same fraction of every group, as without --global)
-    whose removals reach `budget` parameters, by bisection. Returns n_keep per group."""
+    """The uniform ratio (the same fraction of every group, as without --global) whose
+    removals come closest to `budget` parameters, found by bisection. Widths move in steps
+    (a GQA layer has only a few head groups), so the closest step below the budget can be
+    much nearer than the first one above it. Returns n_keep per group."""
     costs = [unit_param_costs(dg, g) for g in groups]
     orders = [np.lexsort((np.arange(g.n_units), scores[g.id])) for g in groups]
 
@@ -90,7 +92,8 @@ def _uniform_for_params(dg, groups, scores, budget: float, round_to: int,
             hi = mid
         else:
             lo = mid
-    return plan_for(hi)[0]
+    (below, gone_below), (above, gone_above) = plan_for(lo), plan_for(hi)
+    return below if budget - gone_below < gone_above - budget else above
 
 
 def _remove_for_params(dg, groups, scores, budget: float, min_keep: int) -> dict[int, int]:
