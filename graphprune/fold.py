@@ -130,6 +130,7 @@ FOLDERS = {
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Cast": _cast,
     "Reshape": _reshape, "Range": _range, "ConstantOfShape": _const_of_shape,
     "Identity": lambda v, n, x: x[0],
+    "Transpose": lambda v, n, x: np.transpose(x[0], attr(n, "perm")),
     "Add": lambda v, n, x: x[0] + x[1], "Sub": lambda v, n, x: x[0] - x[1],
     "Mul": lambda v, n, x: x[0] * x[1], "Div": _div, "Mod": lambda v, n, x: np.mod(x[0], x[1]),
     "Neg": lambda v, n, x: -x[0], "Abs": lambda v, n, x: np.abs(x[0]),

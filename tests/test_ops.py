@@ -955,6 +955,8 @@ PAD_CASES = {  # name: (opset, pads, axes, consumer channels, channel prunable?)
     "spatial_opset18_axes": (18, [1, 1, 1, 1], [2, -1], 8, True),
     "spatial_opset2_attr": (2, [0, 0, 1, 1, 0, 0, 1, 1], None, 8, True),
     "channel": (13, [0, 1, 0, 0, 0, 1, 0, 0], None, 10, False),
+    # the legacy exporter's ZeroPad2d: pads built from constants through a Transpose
+    "spatial_transposed_pads": (13, [[0, 0], [0, 0], [1, 1], [1, 1]], None, 8, True),
 }
 
 
@@ -965,7 +967,10 @@ def pad_model(case):
     def mid(g, y):
         if opset < 11:
             return g.op("Pad", [y], name="pad", pads=pads, value=0.5)
-        ins = [y, g.i64(pads), g.f32(0.5)] + ([g.i64(axes)] if axes else [])
+        pad_in = g.i64(pads)
+        if np.ndim(pads) == 2:
+            pad_in = g.op("Reshape", [g.op("Transpose", [pad_in], perm=[1, 0]), g.i64([-1])])
+        ins = [y, pad_in, g.f32(0.5)] + ([g.i64(axes)] if axes else [])
         return g.op("Pad", ins, name="pad")
     # Pad-2 is only in old opsets; run the rest of the chain there too
     return chain(mid, opset=opset if opset >= 11 else 7, cin=cin)
