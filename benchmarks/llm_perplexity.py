@@ -19,13 +19,14 @@ Steps:
 3. graphprune prunes the ONNX model, for every criterion, to 10/20/30 % fewer parameters with
    ``--dims heads,mlp --target-params F`` (the same fraction of every MLP and head group, the one
    closest to the target; heads go as whole GQA groups of 3 query + 1 key/value head), some
-   criteria also with ``--global`` (widths ranked across layers), and drops 2/4/6 blocks (``--drop-blocks N``: attention and MLP
-   residual blocks scored by 1 − cos on the calibration text);
+   criteria also with ``--global`` (widths ranked across layers), and drops 2/4/6 blocks
+   (``--drop-blocks N``: attention and MLP residual blocks scored by 1 − cos on the
+   calibration text);
 4. Torch-Pruning 1.6 prunes the same torch model (its LLM recipe: MetaPruner, GQA-aware
    ``num_heads`` for q/k/v, ``prune_num_heads``, no head-dim pruning, hidden size kept by
    ignoring o_proj/down_proj/embeddings/lm_head) with GroupMagnitudeImportance and
-   GroupTaylorImportance (gradients of the LM loss on the calibration text) at the ratio that
-   removes the same share of parameters;
+   GroupTaylorImportance (gradients of the LM loss on the calibration text) at the ratio,
+   found in a few secant steps, whose parameter count is closest to the same share removed;
 5. perplexity on the evaluation windows (256 tokens each, no context across windows) in ONNX
    Runtime for graphprune and in torch for Torch-Pruning, with the same windows and the same
    log-softmax code; plus greedy generations for 5 prompts.
@@ -150,6 +151,24 @@ def tp_prune(model, importance: str, ratio: float, calib: np.ndarray):
     return m.eval()
 
 
+def tp_matching(model, importance: str, ratio: float, target: float, calib, tries: int = 4):
+    """Torch-Pruning at the ratio whose parameter count comes closest to `target`: its ratio
+    applies to MLP channels and (rounded) to query heads, so the count is found by a few
+    secant steps on the removed fraction rather than assumed."""
+    full = n_params(model)
+    best = None
+    for _ in range(tries):
+        pm = tp_prune(model, importance, ratio, calib)
+        p = n_params(pm)
+        if best is None or abs(p - target) < abs(best[1] - target):
+            best = (pm, p, ratio)
+        if abs(p - target) / full < 0.005:
+            break
+        removed = max(full - p, 1)
+        ratio = min(0.95, ratio * (full - target) / removed)
+    return best[0], best[2]
+
+
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -240,11 +259,12 @@ def main(argv=None) -> dict:
                        for p in mod.parameters())
         calib = token_windows(calib_ids, SEQ_CALIB)
         for frac in [float(x) for x in a.params.split(",") if x]:
-            ratio = min(0.95, frac * n_params(model) / prunable)
+            target = base_params * (1 - frac)
             for imp in ("magnitude", "taylor"):
                 t = time.time()
                 try:
-                    pm = tp_prune(model, imp, ratio, calib)
+                    pm, ratio = tp_matching(model, imp, frac * n_params(model) / prunable,
+                                            target, calib)
                 except Exception as e:  # noqa: BLE001 - record, do not stop the table
                     rows.append({"method": f"Torch-Pruning {imp}", "setting": f"-{frac:.0%} params",
                                  "error": f"{type(e).__name__}: {e}"})
