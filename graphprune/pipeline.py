@@ -103,6 +103,7 @@ class PruneResult:
     pending: tuple | None = None  # reference (feeds, outputs) while validation waits for files
     source: str | None = None  # the input file
     external: bool = False  # the input kept its weights in external data: so does the output
+    scores: dict = field(default_factory=dict)  # group id -> the criterion's unit scores
 
     def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
         t0 = time.perf_counter()
@@ -292,7 +293,7 @@ def _prune(src: _Source, opts: PruneOptions, timer: _Timer) -> PruneResult:
                               "members": [], "frozen_reason": None} for b in blocks]
     return PruneResult(work, report, dg, plan, store=src.store,
                        pending=ref if (lazy and opts.validate) else None, source=src.path,
-                       external=src.external)
+                       external=src.external, scores=scores)
 
 
 CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")

@@ -260,18 +260,9 @@ def write(report: dict, path: str | Path) -> Path:
     return p
 
 
-def attach_unit_scores(report: dict, model, criterion: str, seed: int = 0) -> None:
-    """Add each group's per-unit scores (optional `scores` key) so the HTML can draw their
-    distribution. Re-scores the original model; groups whose ids or sizes do not line up are
-    left without (the plot then falls back to min/mean/max)."""
-    from .pipeline import analyze_model
-    from .passes.score import CRITERIA
-
-    try:
-        _, dg = analyze_model(model)
-        scores = CRITERIA[criterion](dg, seed=seed)
-    except Exception:  # the plot is a nicety; never fail a prune over it
-        return
+def attach_unit_scores(report: dict, scores: dict) -> None:
+    """Add each group's per-unit scores (optional `scores` key; the criterion's own numbers,
+    calibration included) so the HTML can draw their distribution."""
     for g in report["groups"]:
         s = scores.get(g["id"])
         if s is not None and len(s) == g["size_before"] and "scores" not in g:

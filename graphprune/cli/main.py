@@ -299,7 +299,7 @@ def _measure(res, model, calib, html_out, benchmark, threads, repeats, max_drop,
     if html_out:
         from ..report_html import attach_unit_scores
 
-        attach_unit_scores(res.report, str(model), res.report["criterion"], seed)
+        attach_unit_scores(res.report, res.scores)
     gates = check_gates(res.report, max_drop, min_speedup)
     if gates:
         res.report["gates"] = gates
