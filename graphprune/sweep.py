@@ -39,7 +39,7 @@ def run_sweep(model_path, ratios: list[float], criterion: str = "magnitude",
               threads: int = 0, repeats: int = 30, warmup: int = 5, seed: int = 0,
               progress: bool = False, **prune_options) -> dict:
     """Prune at each ratio; returns {"model", "criterion", "baseline", "rows", "recommended"}."""
-    from .pipeline import prune
+    from .pipeline import CALIB_CRITERIA, prune
 
     original = load_model(model_path)
     calib = load_calib(calib_path, original) if calib_path else None
@@ -48,6 +48,8 @@ def run_sweep(model_path, ratios: list[float], criterion: str = "magnitude",
     rows, pruned = [], []
     for r in bench.bar(ratios, progress, "sweep", len(ratios)):
         log.debug("sweep: ratio %s", r)
+        if calib is not None and criterion in CALIB_CRITERIA:
+            prune_options.setdefault("calib", calib)  # the data-aware criteria calibrate on it
         res = prune(original, ratio=r, criterion=criterion, seed=seed, **prune_options)
         fid = fidelity(original, res.model, calib=calib, seed=seed, calib_name=calib_name)
         rows.append({"ratio": r, "params": res.report["params"]["after"],

@@ -80,3 +80,28 @@ def test_sweep_gate_fails_when_no_ratio_meets_max_drop(tmp_path):
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("graphprune: gate failed: no ratio")
     assert (tmp_path / "sweep.json").exists()  # outputs are still written
+
+
+def test_sweep_calibrates_data_aware_criteria(tmp_path, monkeypatch):
+    """--calib feeds the criterion too: obspa's report then says it was calibrated."""
+    import numpy as np
+
+    import graphprune.pipeline as pipeline
+    from graphprune.sweep import run_sweep
+
+    seen = []
+    real = pipeline.prune
+
+    def spy(*a, **kw):
+        res = real(*a, **kw)
+        seen.append(res.report.get("calibration", {}))
+        return res
+
+    monkeypatch.setattr(pipeline, "prune", spy)
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    import onnx
+
+    name = onnx.load(str(DEMO)).graph.input[0].name
+    np.savez(tmp_path / "c.npz", **{name: x})
+    run_sweep(str(DEMO), [0.3], criterion="obspa", calib_path=tmp_path / "c.npz", latency=False)
+    assert seen and seen[0]["calibrated"] and seen[0]["samples"] == 8

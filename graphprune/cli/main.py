@@ -420,7 +420,8 @@ def bench_cmd(model, other, threads, warmup, repeats, batch, provider, seed, qui
 @click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="magnitude",
               show_default=True, help="Importance criterion.")
 @click.option("--calib", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Fidelity inputs: .npz with one array per model input.")
+              help="Fidelity inputs: .npz with one array per model input (also the calibration "
+                   "of the data-aware criteria).")
 @click.option("--max-drop", type=float, default=None,
               help="Recommend the largest ratio whose fidelity drop is <= X.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
