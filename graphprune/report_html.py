@@ -252,12 +252,11 @@ batch, ...)</summary>
 
 
 def write(report: dict, path: str | Path) -> Path:
-    """Write the HTML report (atomically: temp file, then rename)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(render(report), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    """Write the HTML report atomically (fsynced temp file, then rename), like every output."""
+    from .model_io import atomic_write_text
+
+    atomic_write_text(path, render(report))
+    return Path(path)
 
 
 def attach_unit_scores(report: dict, scores: dict) -> None:
