@@ -180,21 +180,13 @@ def trained_model(train, seed: int = 0, epochs: int = 1,
         model.load_state_dict(torch.load(path))
         return model.eval(), 0.0
     print(f"training the {dataset} CNN ({epochs} epoch(s)); cached in {path}", flush=True)
-    x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1])
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 128):
-            idx = order[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+    from benchmarks.finetune_mnist import train as train_epochs
+
+    seconds = train_epochs(model, (torch.from_numpy(train[0]), torch.from_numpy(train[1])),
+                           epochs, seed, lr=2e-3)
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
-    return model.eval(), time.perf_counter() - t0
+    return model.eval(), seconds
 
 
 def export_legacy(model: nn.Module, path: Path) -> onnx.ModelProto:
