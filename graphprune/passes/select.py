@@ -67,6 +67,17 @@ def unit_param_costs(dg: DependencyGraph, g: Group) -> np.ndarray:
     return cost
 
 
+def _uniform_n_keep(g: Group, ratio: float) -> int:
+    """Units `g` keeps when the same fraction `ratio` of every group goes (rounded down)."""
+    return g.n_units - int(math.floor(g.n_units * ratio + 1e-9))
+
+
+def _round_step(g: Group, round_to: int) -> int:
+    """--round-to applies to channel-like units (conv channels, MLP width, hidden size); a head
+    is already a block of head_dim channels, so head counts are not rounded."""
+    return 1 if g.kind == "head" else round_to
+
+
 def _uniform_for_params(dg, groups, scores, budget: float, round_to: int,
                         min_keep: int) -> dict[int, int]:
     """The uniform ratio (the same fraction of every group, as without --global) whose
@@ -79,8 +90,7 @@ def _uniform_for_params(dg, groups, scores, budget: float, round_to: int,
     def plan_for(r: float) -> tuple[dict[int, int], float]:
         keep, gone = {}, 0.0
         for g, c, order in zip(groups, costs, orders):
-            k = g.n_units - int(math.floor(g.n_units * r + 1e-9))
-            k = _round_keep(k, g.n_units, 1 if g.kind == "head" else round_to, min_keep)
+            k = _round_keep(_uniform_n_keep(g, r), g.n_units, _round_step(g, round_to), min_keep)
             keep[g.id] = k
             gone += float(c[order[:g.n_units - k]].sum())
         return keep, gone
@@ -96,15 +106,15 @@ def _uniform_for_params(dg, groups, scores, budget: float, round_to: int,
     return below if budget - gone_below < gone_above - budget else above
 
 
-def _remove_for_params(dg, groups, scores, budget: float, min_keep: int) -> dict[int, int]:
-    """Units to remove per group so that about `budget` parameters go, lowest normalized score
-    first (each group's scores ÷ their mean, as for --global), counting what every unit
-    costs in parameters. Ranking by score ÷ parameters instead (a knapsack view) removes
-    whole GQA head groups first, and raw scores compare badly across depth: both lose far
-    more perplexity on a real LLM at the same size. Returns n_keep per group."""
+def _global_n_keep(groups, scores, costs, budget: float, min_keep: int) -> dict[int, int]:
+    """Units of all groups ranked together, lowest normalized score first (each group's
+    scores ÷ their mean), removed until their costs reach `budget`: one unit each for
+    --global with --ratio, the parameters a unit carries for --target-params. (Ranking by
+    score ÷ parameters instead, a knapsack view, removes whole GQA head groups first, and raw
+    scores compare badly across depth: both lose far more perplexity on a real LLM at the
+    same size.) Returns n_keep per group."""
     from .score import normalize_scores
 
-    costs = [unit_param_costs(dg, g) for g in groups]
     norm = normalize_scores({g.id: scores[g.id] for g in groups})
     key = np.concatenate([norm[g.id] for g in groups])
     cost = np.concatenate(costs)
@@ -126,46 +136,28 @@ def select(dg: DependencyGraph, scores: dict[int, np.ndarray], ratio: float,
            params_budget: float | None = None) -> Plan:
     """Keep-sets per group. `ratio` is the fraction of prunable units to remove: per group
     (uniform) by default, or across all groups by normalized score with `global_rank`.
-    `params_budget` (a parameter count) replaces `ratio`: uniform mode finds the smallest
-    per-group fraction that removes that many parameters; with `global_rank` units of all
-    groups are ranked together by normalized score until that many parameters are gone
-    (rounding with `round_to` keeps a little more)."""
+    `params_budget` (a parameter count) replaces `ratio`: uniform mode takes the per-group
+    fraction whose removals come closest to it; with `global_rank` units of all groups are
+    ranked together by normalized score until that many parameters are gone (rounding with
+    `round_to` keeps a little more)."""
     plan = Plan()
     groups = [g for g in dg.prunable_groups() if g.id in scores]
     if (params_budget is None and ratio <= 0) or (params_budget is not None
                                                    and params_budget <= 0) or not groups:
         return plan
-    n_keep: dict[int, int] = {}
     if params_budget is not None and global_rank:
-        n_keep = _remove_for_params(dg, groups, scores, params_budget, min_keep)
+        costs = [unit_param_costs(dg, g) for g in groups]
+        n_keep = _global_n_keep(groups, scores, costs, params_budget, min_keep)
     elif params_budget is not None:
         n_keep = _uniform_for_params(dg, groups, scores, params_budget, round_to, min_keep)
     elif global_rank:
-        from .score import normalize_scores
-
-        norm = normalize_scores({g.id: scores[g.id] for g in groups})
-        allv = np.concatenate([norm[g.id] for g in groups])
-        owner = np.concatenate([np.full(g.n_units, i) for i, g in enumerate(groups)])
-        n_remove = int(math.floor(len(allv) * ratio + 1e-9))
-        order = np.lexsort((np.arange(len(allv)), allv))
-        removed = np.zeros(len(groups), dtype=np.int64)
-        budget = n_remove
-        for idx in order:
-            if budget == 0:
-                break
-            gi = owner[idx]
-            if groups[gi].n_units - removed[gi] > max(min_keep, 1):
-                removed[gi] += 1
-                budget -= 1
-        for gi, g in enumerate(groups):
-            n_keep[g.id] = g.n_units - int(removed[gi])
+        n_units = sum(g.n_units for g in groups)
+        n_keep = _global_n_keep(groups, scores, [np.ones(g.n_units) for g in groups],
+                                math.floor(n_units * ratio + 1e-9), min_keep)
     else:
-        for g in groups:
-            n_keep[g.id] = g.n_units - int(math.floor(g.n_units * ratio + 1e-9))
+        n_keep = {g.id: _uniform_n_keep(g, ratio) for g in groups}
     for g in groups:
-        # a head is already a block of head_dim channels: --round-to applies to channel-like
-        # units (conv channels, MLP width, hidden size), not to head counts
-        k = _round_keep(n_keep[g.id], g.n_units, 1 if g.kind == "head" else round_to, min_keep)
+        k = _round_keep(n_keep[g.id], g.n_units, _round_step(g, round_to), min_keep)
         if k >= g.n_units:
             continue
         keep = _top(scores[g.id], k)
