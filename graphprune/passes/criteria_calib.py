@@ -13,8 +13,7 @@ layers whose contraction axis loses the unit: next Conv's input channels, a Gemm
   energy of what unit P writes through its consumer (for a head: its whole o_proj slice, for an
   MLP unit: its down_proj column) on the calibration inputs. Single columns reduce to
   ‖W_{:,j}‖²·E[x_j²]; multi-column units (heads) use their block of E[x xᵀ], so correlated
-  channels inside a head count together. Raw energies of heads and MLP units that write into
-  the same residual stream are on one scale, which `--target-params` ranks directly.
+  channels inside a head count together.
 - ``obspa``: Optimal-Brain-Surgeon cost of removing each unit from every consumer with input
   Hessian H = E[x xᵀ] (+ λ·mean diag), augmented with the constant input of the bias so the
   cost already accounts for the mean being re-absorbed. Removing columns P costs
@@ -122,17 +121,10 @@ def amp(dg: DependencyGraph, calib_ctx: CalibContext | None = None, **_) -> dict
 
 
 def unit_energy(w: np.ndarray, h: np.ndarray, units: np.ndarray, n_units: int) -> np.ndarray:
-    """tr(W_P H_PP W_Pᵀ) per unit P: the mean squared output its columns produce. Units of one
-    column use ‖W_j‖²·H_jj; wider units (heads) their block of H."""
-    out = np.zeros(n_units)
-    counts = np.bincount(units, minlength=n_units)
-    single = np.flatnonzero(counts[units] == 1)
-    out[units[single]] += (w[:, single] ** 2).sum(0) * np.diag(h)[single]
-    for u in np.flatnonzero(counts > 1):
-        p = np.flatnonzero(units == u)
-        wp = w[:, p]
-        out[u] += float(np.sum((wp @ h[np.ix_(p, p)]) * wp))
-    return out
+    """tr(W_P H_PP W_Pᵀ) per unit P: the mean squared output its columns produce, ‖W_j‖²·H_jj
+    for a single column."""
+    return _sum_per_unit(units, n_units, lambda c: (w[:, c] ** 2).sum(0) * np.diag(h)[c],
+                         lambda p: float(np.sum((w[:, p] @ h[np.ix_(p, p)]) * w[:, p])))
 
 
 def _zscore(s: np.ndarray) -> np.ndarray:
@@ -168,24 +160,27 @@ def _inv_spd(a: np.ndarray) -> np.ndarray:
     return np.linalg.pinv(a)
 
 
-def obs_unit_costs(w: np.ndarray, hinv: np.ndarray, units: np.ndarray, n_units: int) -> np.ndarray:
-    """OBS cost of removing each unit's input columns alone: tr(W_P ([H⁻¹]_PP)⁻¹ W_Pᵀ).
-
-    `units[j]` is the unit of column j; units owning one column use the closed form
-    Σ_rows W_j² / [H⁻¹]_jj, the others solve their small block."""
-    cost = np.zeros(n_units)
+def _sum_per_unit(units: np.ndarray, n_units: int, single, block) -> np.ndarray:
+    """One number per unit from its input columns (`units[j]` is column j's unit): units
+    owning one column get `single(columns)` (vectorized over all of them), wider units (a
+    head's columns) `block(their columns)`."""
+    out = np.zeros(n_units)
     counts = np.bincount(units, minlength=n_units)
-    diag = np.maximum(np.diag(hinv)[:len(units)], 1e-300)
-    single = counts[units] == 1
-    if single.any():
-        cols = np.flatnonzero(single)
-        cost[units[cols]] += (w[:, cols] ** 2).sum(0) / diag[cols]
+    cols = np.flatnonzero(counts[units] == 1)
+    if len(cols):
+        out[units[cols]] += single(cols)
     for u in np.flatnonzero(counts > 1):
-        p = np.flatnonzero(units == u)
-        wp = w[:, p]
-        blk = hinv[np.ix_(p, p)]
-        cost[u] += float(np.sum(wp * np.linalg.solve(blk, wp.T).T))
-    return cost
+        out[u] += block(np.flatnonzero(units == u))
+    return out
+
+
+def obs_unit_costs(w: np.ndarray, hinv: np.ndarray, units: np.ndarray, n_units: int) -> np.ndarray:
+    """OBS cost of removing each unit's input columns alone: tr(W_P ([H⁻¹]_PP)⁻¹ W_Pᵀ), in
+    closed form Σ_rows W_j² / [H⁻¹]_jj for a single column."""
+    diag = np.maximum(np.diag(hinv)[:len(units)], 1e-300)
+    return _sum_per_unit(
+        units, n_units, lambda c: (w[:, c] ** 2).sum(0) / diag[c],
+        lambda p: float(np.sum(w[:, p] * np.linalg.solve(hinv[np.ix_(p, p)], w[:, p].T).T)))
 
 
 @criterion("obspa")
