@@ -87,31 +87,42 @@ def read_text(path) -> str:
     return text
 
 
-def feeds_for_windows(model: onnx.ModelProto, windows: np.ndarray) -> dict[str, np.ndarray]:
-    """Graph inputs for token windows [n, seq] (see the module docstring for the names)."""
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    ints = [i for i in inputs if i.type.tensor_type.elem_type in _INT_TYPES]
-    ids_input = next((i for i in ints if "ids" in i.name.lower() and "type" not in i.name.lower()
-                      and "position" not in i.name.lower()), ints[0] if len(ints) == 1 else None)
-    if ids_input is None:
+def graph_inputs(model) -> list[tuple[str, type]]:
+    """(name, numpy dtype) of the inputs a text model is fed: a ModelProto's graph inputs that
+    are not initializers, or an ONNX Runtime session's inputs."""
+    if isinstance(model, onnx.ModelProto):
+        inits = {i.name for i in model.graph.initializer}
+        return [(i.name, _INT_TYPES.get(i.type.tensor_type.elem_type, np.float32))
+                for i in model.graph.input if i.name not in inits]
+    ort_types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+    return [(i.name, ort_types.get(i.type, np.float32)) for i in model.get_inputs()]
+
+
+def feeds_for_windows(model, windows: np.ndarray) -> dict[str, np.ndarray]:
+    """Graph inputs for token windows [n, seq] (see the module docstring for the names);
+    `model` is a ModelProto, an ORT session or `graph_inputs`' list."""
+    inputs = model if isinstance(model, list) else graph_inputs(model)
+    ints = [(name, dt) for name, dt in inputs if dt in (np.int64, np.int32)]
+    ids_name = next((name for name, _ in ints if "ids" in name.lower()
+                     and "type" not in name.lower() and "position" not in name.lower()),
+                    ints[0][0] if len(ints) == 1 else None)
+    if ids_name is None:
         raise UserError("--calib-text: the model has no integer token-id input (inputs: "
-                        f"{[i.name for i in inputs]})")
+                        f"{[name for name, _ in inputs]})")
     n, s = windows.shape
     feeds = {}
-    for i in inputs:
-        dt = _INT_TYPES.get(i.type.tensor_type.elem_type, np.float32)
-        low = i.name.lower()
-        if i is ids_input:
-            feeds[i.name] = windows.astype(dt)
+    for name, dt in inputs:
+        low = name.lower()
+        if name == ids_name:
+            feeds[name] = windows.astype(dt)
         elif "mask" in low:
-            feeds[i.name] = np.ones((n, s), dtype=dt)
+            feeds[name] = np.ones((n, s), dtype=dt)
         elif "position" in low:
-            feeds[i.name] = np.broadcast_to(np.arange(s, dtype=dt), (n, s)).copy()
+            feeds[name] = np.broadcast_to(np.arange(s, dtype=dt), (n, s)).copy()
         elif "type" in low:
-            feeds[i.name] = np.zeros((n, s), dtype=dt)
+            feeds[name] = np.zeros((n, s), dtype=dt)
         else:
-            raise UserError(f"--calib-text: cannot fill model input {i.name!r} from text "
+            raise UserError(f"--calib-text: cannot fill model input {name!r} from text "
                             "(known: token ids, attention_mask, position_ids, token_type_ids)")
     return feeds
 

@@ -20,17 +20,15 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 def ort_logits(model, threads: int = 0, output: str | None = None) -> LogitsFn:
     """Logits function of an ONNX causal LM (path or ModelProto) whose only input is token ids
     (other text inputs are filled like `graphprune.text.feeds_for_windows`)."""
-    import onnx
-
-    from ..text import feeds_for_windows
+    from ..text import feeds_for_windows, graph_inputs
     from .ort import session
 
     sess = session(model, threads=threads)
-    proto = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
+    inputs = graph_inputs(sess)  # read once: every call (each generated token) reuses them
     name = output or sess.get_outputs()[0].name
 
     def run(ids: np.ndarray) -> np.ndarray:
-        return sess.run([name], feeds_for_windows(proto, np.asarray(ids)))[0]
+        return sess.run([name], feeds_for_windows(inputs, np.asarray(ids)))[0]
 
     return run
 
