@@ -58,8 +58,8 @@ class PruneOptions:
     calib_text: object = None
     tokenizer: object = None
     seq_len: int = 128
-    # remove this fraction of the model's parameters (global, per-parameter ranking) instead
-    # of `ratio` of every group's units
+    # remove this fraction of the model's parameters instead of `ratio` of every group's units
+    # (uniform widths, or ranked across groups with global_rank; see passes.select)
     target_params: float | None = None
 
     def check(self) -> None:
@@ -74,6 +74,8 @@ class PruneOptions:
             raise UserError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.criterion not in CRITERIA:
             raise UserError(f"unknown criterion {self.criterion!r}; choose from {sorted(CRITERIA)}")
+        if self.calib_text is not None and self.calib is not None:
+            raise UserError("give either --calib/--calib-random or --calib-text, not both")
         if self.target_params is not None and not 0.0 < self.target_params < 1.0:
             raise UserError(f"--target-params must be in (0, 1), got {self.target_params}")
         if self.round_to < 1:
@@ -319,8 +321,6 @@ def _load_calibration(original, work, opts):
     from .calib import load_calibration
 
     if opts.calib_text is not None:
-        if opts.calib is not None:
-            raise UserError("give either --calib/--calib-random or --calib-text, not both")
         from .text import text_calibration
 
         cal = text_calibration(work, opts.calib_text, opts.tokenizer, opts.seq_len)
@@ -406,8 +406,8 @@ def build_report(in_path, opts, before, after, in_bytes, work, dg, plan, fid, ti
         "input": in_path,
         "output": None,
         "criterion": opts.criterion,
-        "target": {"ratio": opts.ratio, "params": opts.target_params, "dims": list(opts.dims), "global": opts.global_rank,
-                   "round_to": opts.round_to,
+        "target": {"ratio": opts.ratio, "params": opts.target_params, "dims": list(opts.dims),
+                   "global": opts.global_rank, "round_to": opts.round_to,
                    "min_keep": opts.min_keep, "protect": list(opts.protect), "seed": opts.seed},
         "params": {"before": before["params"], "after": after["params"]},
         "macs": {"before": before["macs"], "after": after["macs"]},

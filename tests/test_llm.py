@@ -233,3 +233,18 @@ def test_ort_perplexity_on_bundled_llama_changes_when_pruned():
     runs_at_sizes(model, res)
     assert perplexity(ort_logits(res.model), w) != pytest.approx(base)
     assert len(greedy_generate(fn, [1, 2, 3], max_new=4)) == 4
+
+
+def test_cli_drop_blocks_scores_on_calib_npz(tmp_path):
+    """--calib feeds block scoring even when the criterion itself reads no data."""
+    model = onnx.load(str(LLAMA["dynamo"]))
+    npz = tmp_path / "ids.npz"
+    np.savez(npz, **{model.graph.input[0].name: _windows(seq=12, n=6)})
+    rep = tmp_path / "r.json"
+    r = CliRunner().invoke(main, [str(LLAMA["dynamo"]), "--ratio", "0", "--drop-blocks", "1",
+                                  "--calib", str(npz), "-o", str(tmp_path / "p.onnx"),
+                                  "--report", str(rep), "--quiet"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(rep.read_text())
+    assert report["calibration"]["source"] == "npz:ids.npz" and report["calibration"]["samples"] == 6
+    assert sum(b["dropped"] for b in report["blocks"]) == 1

@@ -197,10 +197,9 @@ def main():
               help="Gate (implies --benchmark): exit 1 when measured speedup < Y.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, target_params,
-              round_to, min_keep,
-              protect,
-              report, external_data, seed, quiet, as_json, calib, calib_random, calib_text,
-              tokenizer, seq_len, preprocess, labels, compensate, html_out, benchmark, threads, repeats, max_drop, min_speedup, debug):
+              round_to, min_keep, protect, report, external_data, seed, quiet, as_json, calib,
+              calib_random, calib_text, tokenizer, seq_len, preprocess, labels, compensate,
+              html_out, benchmark, threads, repeats, max_drop, min_speedup, debug):
     """Prune MODEL and write a smaller, valid ONNX model."""
     from ..pipeline import prune
 
@@ -248,24 +247,22 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, t
 
 def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate,
                    calib_text=None, tokenizer=None, seq_len=128, drop_blocks=0) -> dict:
-    """prune() options for the data-aware criteria and block scoring; other criteria ignore
-    calibration."""
+    """prune() options for calibration: passed on when something reads the samples (a
+    data-aware criterion, compensation, block scoring); prune() checks them."""
     from ..pipeline import CALIB_CRITERIA
 
     opts = {} if compensate == "auto" else {"compensate": compensate}
-    if calib_text is not None:
-        if calib is not None or calib_random is not None:
-            raise UserError("give either --calib/--calib-random or --calib-text, not both")
-        if tokenizer is None:
-            raise UserError("--calib-text needs --tokenizer (a tokenizer.json file or folder)")
-        if criterion in CALIB_CRITERIA or "compensate" in opts or drop_blocks:
-            opts.update(calib_text=str(calib_text), tokenizer=str(tokenizer), seq_len=seq_len,
-                        labels=str(labels) if labels else None)
+    if not (criterion in CALIB_CRITERIA or "compensate" in opts or drop_blocks):
         return opts
     source = calib if calib is not None else calib_random
-    if source is not None and (criterion in CALIB_CRITERIA or "compensate" in opts):
+    if source is not None:
         opts.update(calib=str(source) if isinstance(source, Path) else source,
-                    preprocess=preprocess, labels=str(labels) if labels else None)
+                    preprocess=preprocess)
+    if calib_text is not None:
+        opts.update(calib_text=str(calib_text), seq_len=seq_len,
+                    tokenizer=str(tokenizer) if tokenizer is not None else None)
+    if source is not None or calib_text is not None:
+        opts["labels"] = str(labels) if labels else None
     return opts
 
 
