@@ -44,7 +44,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def ort_session(model):
-    from graphprune.backends import ort as ortb
+    from graphprune.runtime import session as ortb
 
     return ortb.session(model, threads=THREADS)
 
@@ -87,7 +87,7 @@ def crop_view(img, scale: float, cx: float, cy: float, flip: bool, size: int = 2
     optionally mirrored, resized to size×size, ImageNet-normalized: (3, size, size)."""
     from PIL import Image
 
-    from graphprune.calib import preprocess_image
+    from graphprune.calibration.images import preprocess_image
 
     w, h = img.size
     side = max(8, int(round(scale * min(w, h))))
@@ -210,7 +210,7 @@ def efficientnet_case(n_calib: int = 64, seed: int = 0):
         "eval_set": f"{len(SKIMAGE_RGB)} scikit-image colour images × {len(EVAL_VIEWS)} fixed "
                     "views (centre crops at 1.0/0.75/0.5 of the shorter side, each also "
                     "mirrored; four 0.6 off-centre crops), ImageNet preprocessing "
-                    "(graphprune.calib.preprocess_image)",
+                    "(graphprune.calibration.images.preprocess_image)",
         "calib_set": f"{len(x_cal)} seeded random crops (scale 0.35-0.95, random position and "
                      "mirror) of the SAME photos, none equal to an evaluation view",
         "photos": list(skimage_photos()),

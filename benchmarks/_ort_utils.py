@@ -97,12 +97,11 @@ def macs_at_shape(model_path: Path, shapes: dict[str, Sequence[int]]) -> int | N
     at the shape the latency is measured at.  Returns ``None`` if the count fails.
     """
     try:
-        from graphprune.fold import static_view
-        from graphprune.metrics import count_macs
-        from graphprune.model_io import infer_shapes
+        from graphprune.analysis.cost import count_macs
+        from graphprune.pipeline.stages import model_view
 
         m = fix_input_shapes(onnx.load(str(model_path)), shapes)
-        return int(count_macs(static_view(m, infer_shapes(m))))
+        return int(count_macs(model_view(m)))
     except Exception as exc:  # noqa: BLE001 - an optional figure; report and go on
         print(f"  (MACs at {shapes} not counted: {type(exc).__name__}: {exc})")
         return None

@@ -40,7 +40,7 @@ Models ("cases"), all seeded and offline:
   embeddings ignored so the hidden size stays); Taylor gradients from the unsupervised SimCSE
   loss on the calibration sentences; BNScale does not apply (no BatchNorm).
 
-Methods: every criterion registered in ``graphprune.passes.score.CRITERIA`` at run time
+Methods: every criterion registered in ``graphprune.criteria.CRITERIA`` at run time
 (``magnitude`` and ``random`` without data; the others calibrated, ``obspa`` also data-free),
 through ``graphprune.prune(..., validate=False)`` and scored in ONNX Runtime; Torch-Pruning 1.6
 GroupMagnitudeImportance(p=2), BNScaleImportance and GroupTaylorImportance on the same torch
@@ -197,7 +197,7 @@ def export_legacy(model: nn.Module, path: Path) -> onnx.ModelProto:
 
 
 def onnx_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    from graphprune.backends import ort as ortb
+    from graphprune.runtime import session as ortb
 
     sess = ortb.session(model, threads=2)
     logits = np.concatenate([sess.run(None, {"input": x[i:i + 500]})[0]
@@ -275,7 +275,7 @@ TP_NAMES = {"tp-magnitude": "Torch-Pruning 1.6 GroupMagnitude (p=2)",
 def gp_variants(global_rank: bool, only: list[str] | None = None
                 ) -> list[tuple[str, str, bool, bool]]:
     """(row name, criterion, calibrated, global) for every registered criterion (or `only`)."""
-    from graphprune.passes.score import CRITERIA
+    from graphprune.criteria import CRITERIA
 
     crits = [c for c in ORDER if c in CRITERIA] + sorted(c for c in CRITERIA if c not in ORDER)
     if only is not None:
@@ -499,7 +499,7 @@ def main(argv=None) -> dict:
         ap.error(f"unknown model(s) {bad}; choose from {','.join(ALL_MODELS)}")
     ratios = [float(r) for r in args.ratios.split(",")]
     if args.criteria is not None:
-        from graphprune.passes.score import CRITERIA
+        from graphprune.criteria import CRITERIA
 
         args.criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
         unknown = [c for c in args.criteria if c not in CRITERIA]
@@ -527,7 +527,7 @@ def main(argv=None) -> dict:
     if summary:
         parts.append(markdown_summary(summary))
     table = "\n\n".join(parts)
-    from graphprune.passes.score import CRITERIA
+    from graphprune.criteria import CRITERIA
 
     result = {
         "benchmark": "accuracy", "ratios": ratios, "seed": args.seed,

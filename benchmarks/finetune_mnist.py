@@ -17,7 +17,7 @@ ONNX file), so the usual recovery step — a short fine-tune — works on it. St
 4. fine-tune the pruned module for `--epochs` with a fresh optimizer; accuracy again.
 
 Params/MACs come from the pruning report; ONNX Runtime latency (batch 1, interleaved runs)
-from `graphprune.backends.bench`. Results go to a JSON file. This is a benchmark, not a test:
+from `graphprune.runtime.bench`. Results go to a JSON file. This is a benchmark, not a test:
 it takes about a minute on two cores.
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/finetune_mnist.json")
     args = ap.parse_args(argv)
 
-    from graphprune.backends.bench import benchmark_pair
+    from graphprune.pipeline.measure import benchmark_pair
     from graphprune.torch import export_onnx, prune_module
 
     torch.manual_seed(args.seed)

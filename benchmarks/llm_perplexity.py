@@ -54,10 +54,10 @@ sys.path.insert(0, str(ROOT))
 import onnx  # noqa: E402
 
 import graphprune  # noqa: E402
-from graphprune.backends.llm import greedy_generate, ort_logits, perplexity  # noqa: E402
+from graphprune.runtime.llm import greedy_generate, ort_logits, perplexity  # noqa: E402
 from graphprune.ir import GraphView  # noqa: E402
-from graphprune.metrics import count_params  # noqa: E402
-from graphprune.text import load_tokenizer, token_windows  # noqa: E402
+from graphprune.analysis.cost import count_params  # noqa: E402
+from graphprune.calibration.text import load_tokenizer, token_windows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEQ_EVAL = 256

@@ -64,7 +64,7 @@ import onnxruntime  # noqa: E402
 import torch  # noqa: E402
 
 import graphprune  # noqa: E402
-from graphprune.pipeline import PHASES  # noqa: E402
+from graphprune.pipeline.state import PHASES  # noqa: E402
 from models.export import LEGACY_OPSET, export_model  # noqa: E402
 from models.zoo import INPUT_SHAPES, build  # noqa: E402
 
@@ -243,7 +243,7 @@ def io_floor_case(src: Path, workdir: Path) -> Case:
 
 def prune_accepts_validate_flag() -> bool:
     """Whether ``graphprune.prune`` takes a ``validate`` option (directly or via its options)."""
-    from graphprune.pipeline import PruneOptions
+    from graphprune.pipeline.options import PruneOptions
 
     params = inspect.signature(graphprune.prune).parameters
     if "validate" in params:

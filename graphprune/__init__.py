@@ -4,10 +4,19 @@
     result = graphprune.prune("model.onnx", ratio=0.3)
     result.save("model.pruned.onnx")
     print(result.report["params"])
+
+The API names are imported on first use, so `import graphprune` (and the command line's start)
+stays cheap.
 """
 __version__ = "0.1.0"
 
-from . import ops  # noqa: E402,F401  (registers the op rules)
-from .pipeline import PruneResult, analyze_model as analyze, prune  # noqa: E402,F401
-
 __all__ = ["prune", "analyze", "PruneResult", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("prune", "analyze", "PruneResult"):
+        from .pipeline import pipeline
+
+        return {"prune": pipeline.prune, "analyze": pipeline.analyze_model,
+                "PruneResult": pipeline.PruneResult}[name]
+    raise AttributeError(f"module 'graphprune' has no attribute {name!r}")

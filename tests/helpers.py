@@ -5,8 +5,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphprune.backends import ort as ortb
-from graphprune.dependency import ROLE_IN
+from graphprune.runtime import session as ortb
+from graphprune.ops.registry import ROLE_IN
 from graphprune.ir import GraphView
 
 

@@ -12,9 +12,9 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune.backends import bench
+from graphprune.pipeline import measure as bench
 from graphprune.errors import UserError
-from graphprune.evaluate import compare_outputs, fidelity
+from graphprune.runtime.fidelity import compare_outputs, fidelity
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo.onnx"
@@ -107,7 +107,7 @@ def test_fidelity_metrics():
 def test_fidelity_on_calibration_file(demo, tmp_path, pruned):
     x = np.random.default_rng(1).standard_normal((6, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", input=x)
-    from graphprune.evaluate import load_calib
+    from graphprune.calibration.data import load_npz as load_calib
 
     calib = load_calib(tmp_path / "calib.npz", onnx.load(str(DEMO)))
     f = fidelity(onnx.load(str(DEMO)), pruned, calib=calib, calib_name="calib.npz")

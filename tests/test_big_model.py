@@ -22,7 +22,7 @@ from onnx import TensorProto, numpy_helper
 import graphprune
 from benchmarks.make_big_llama import build
 from graphprune.cli.main import main
-from graphprune.model_io import LAZY_MIN_BYTES
+from graphprune.ir.storage import LAZY_MIN_BYTES
 
 MB = 1 << 20
 
@@ -98,7 +98,7 @@ def test_weights_stay_on_disk_and_match_in_memory_pruning(llama, tmp_path):
 
 
 def test_small_external_tensors_are_read_at_load(llama):
-    m, store, files = graphprune.model_io.open_model(llama)
+    m, store, files = graphprune.ir.load.open_model(llama)
     assert [f.name for f in files] == ["llama.onnx.data"]
     for t in m.graph.initializer:
         nbytes = 4 * int(np.prod(t.dims))

@@ -9,9 +9,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune.calib import Calibration, build_context, load_calibration
-from graphprune.passes.score import CRITERIA
-from graphprune.pipeline import analyze_model
+from graphprune.calibration.data import Calibration, load_calibration
+from graphprune.pipeline.calibrate import build_context
+from graphprune.criteria import CRITERIA
+from graphprune.pipeline.pipeline import analyze_model
 from helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,7 @@ def test_obspa_data_free_and_uncalibrated_fallbacks():
 
 
 def test_data_free_stats_from_batchnorm():
-    from graphprune.calib import data_free_stats, find_consumers
+    from graphprune.calibration.stats import data_free_stats, find_consumers
 
     rng = np.random.default_rng(0)
     gamma, beta = np.array([1.0, 2.0, 0.5, 1.0]), np.array([0.0, 1.0, -1.0, 3.0])

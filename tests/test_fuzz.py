@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from graphprune.backends import ort as ortb
+from graphprune.runtime import session as ortb
 from graphprune.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent

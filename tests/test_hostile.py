@@ -25,7 +25,8 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 import graphprune
-from graphprune import model_io
+from graphprune.ir import files as model_io
+from graphprune.ir import storage
 from graphprune.cli.main import main
 from graphprune.errors import ValidationError
 
@@ -299,7 +300,7 @@ def test_huge_constant_of_shape_refused(tmp_path):
 def test_model_proto_with_external_data_refused():
     m = conv_model()
     t = m.graph.initializer[0]
-    model_io._set_external(t, "w.data", 0, 4 * 64 * 32 * 9)
+    storage.set_external(t, "w.data", 0, 4 * 64 * 32 * 9)
     with pytest.raises(graphprune.errors.UserError, match="folder is unknown"):
         graphprune.prune(m)
 
@@ -392,15 +393,21 @@ def test_failure_mid_external_write_leaves_previous_output(previous_output, monk
     p, out = previous_output
     before = snapshot(out)
     calls = []
-    real = model_io.WeightStore.write_to
+    import onnx_ir
 
-    def failing(self, t, f):
-        calls.append(t.name)
-        if len(calls) > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, t, f)
+    def failing_in(cls):
+        real = cls.tofile
 
-    monkeypatch.setattr(model_io.WeightStore, "write_to", failing)
+        def failing(self, f):
+            calls.append(self.name)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, f)
+
+        monkeypatch.setattr(cls, "tofile", failing)
+
+    failing_in(onnx_ir.ExternalTensor)  # tensors copied from the input's data file
+    failing_in(onnx_ir.Tensor)  # tensors the prune changed
     r = cli(p, "-o", out / "o.onnx", "--ratio", "0.2")
     assert_refused(r, "No space left on device")
     assert len(calls) == 2, "the failure should hit in the middle of the data file"
@@ -412,13 +419,13 @@ def test_failure_mid_inline_write_leaves_previous_output(tmp_path, monkeypatch):
     out = tmp_path / "o.onnx"
     out.write_bytes(b"previous output")
     before = snapshot(tmp_path)
-    real = model_io._write_bytes
+    real = model_io.write_bytes
 
     def half(path, data):
         real(path, data[: len(data) // 2])
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(model_io, "_write_bytes", half)
+    monkeypatch.setattr(model_io, "write_bytes", half)
     refused_untouched(tmp_path, [tmp_path / "demo.onnx", "-o", out], "Input/output error")
     assert snapshot(tmp_path) == before
 
@@ -430,7 +437,7 @@ def test_ctrl_c_during_write_exits_130_and_leaves_previous_output(previous_outpu
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(model_io, "_write_bytes", interrupted)
+    monkeypatch.setattr(model_io, "write_bytes", interrupted)
     r = cli(p, "-o", out / "o.onnx")
     assert r.exit_code == 130
     assert r.stderr.strip().splitlines() == ["graphprune: interrupted; no partial output left"]
@@ -444,7 +451,7 @@ def test_ctrl_c_during_pruning_exits_130_with_nothing_written(tmp_path, monkeypa
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(graphprune.pipeline, "rewrite", interrupted)
+    monkeypatch.setattr(graphprune.pipeline.stages, "rewrite_plan", interrupted)
     r = cli(tmp_path / "demo.onnx", "--report", tmp_path / "r.json")
     assert r.exit_code == 130 and len(r.stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before
@@ -457,7 +464,7 @@ def test_validation_failure_writes_nothing(previous_output, monkeypatch):
     def fail(*a, **k):
         raise ValidationError("onnx checker: simulated")
 
-    monkeypatch.setattr(graphprune.pipeline.validate_pass, "validate_file", fail)
+    monkeypatch.setattr(graphprune.runtime.validate, "validate_file", fail)
     r = cli(p, "-o", out / "o.onnx", "--ratio", "0.1")
     assert_refused(r, "the pruned model failed validation, nothing written: onnx checker")
     assert snapshot(out) == before
@@ -504,7 +511,7 @@ def test_model_that_crashes_onnxruntime_is_refused(tmp_path):
 
 
 def test_isolated_runs_return_results_and_errors():
-    from graphprune.passes.validate import isolated
+    from graphprune.runtime.isolate import isolated
 
     assert isolated(lambda x: {"y": np.arange(x)}, 3, crash=RuntimeError)["y"].tolist() == [0, 1, 2]
     with pytest.raises(graphprune.errors.UserError, match="bad input"):
@@ -522,7 +529,7 @@ def test_internal_error_is_one_line_exit_3(tmp_path, monkeypatch):
     def bug(*a, **k):
         raise RuntimeError("something impossible\nsecond line")
 
-    monkeypatch.setattr(graphprune.pipeline, "analyze", bug)
+    monkeypatch.setattr(graphprune.pipeline.stages, "analyze_graph", bug)
     r = cli(tmp_path / "demo.onnx")
     assert r.exit_code == 3
     assert r.stderr.strip().splitlines() == [

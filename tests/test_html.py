@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import graphprune
-from graphprune import report_html
+from graphprune.report import html as report_html
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo.onnx"

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from onnx import helper
 
 import graphprune
-from graphprune.backends.llm import greedy_generate, ort_logits, perplexity
+from graphprune.runtime.llm import greedy_generate, ort_logits, perplexity
 from graphprune.cli.main import main
 from graphprune.errors import UserError
-from graphprune.text import feeds_for_windows, text_calibration, token_windows
+from graphprune.calibration.text import text_calibration, token_windows
+from graphprune.ir.inputs import input_specs, text_feeds
 from helpers import run
 from test_transformers import assert_equivalent_sizes, runs_at_sizes
 
@@ -59,7 +60,7 @@ def test_token_windows_and_feeds():
     with pytest.raises(UserError, match="fewer than one window"):
         token_windows([1, 2, 3], 16)
     model = onnx.load(str(LLAMA["dynamo"]), load_external_data=False)
-    feeds = feeds_for_windows(model, w)
+    feeds = text_feeds(input_specs(model), w)
     assert list(feeds) == [model.graph.input[0].name] and feeds[model.graph.input[0].name].dtype == np.int64
 
 
@@ -71,11 +72,11 @@ def test_feeds_fill_mask_positions_and_refuse_unknown():
     out = helper.make_tensor_value_info("y", onnx.TensorProto.INT64, ["b", "s"])
     g = helper.make_graph([helper.make_node("Add", ["input_ids", "attention_mask"], ["y"])],
                           "g", [ids, mask, pos], [out])
-    f = feeds_for_windows(helper.make_model(g), token_windows(list(range(20)), 5))
+    f = text_feeds(input_specs(helper.make_model(g)), token_windows(list(range(20)), 5))
     assert (f["attention_mask"] == 1).all() and (f["position_ids"][2] == np.arange(5)).all()
     g.input.append(other)
     with pytest.raises(UserError, match="pixel_values"):
-        feeds_for_windows(helper.make_model(g), token_windows(list(range(20)), 5))
+        text_feeds(input_specs(helper.make_model(g)), token_windows(list(range(20)), 5))
 
 
 def test_text_calibration_reads_tokenizer(tokenizer_file, text_file):
@@ -153,13 +154,13 @@ def test_target_params_budget_counts_dropped_blocks():
 
 
 def test_amp_ranks_a_dead_mlp_unit_last():
-    from graphprune.pipeline import analyze_model
+    from graphprune.pipeline.pipeline import analyze_model
 
     model = onnx.load(str(LLAMA["dynamo"]))
     _, dg = analyze_model(model, dims=("mlp",))
     grp = next(g for g in dg.prunable_groups() if g.kind == "mlp")
     # zero one MLP unit's row in its down projection: it writes nothing into the stream
-    from graphprune.calib import find_consumers
+    from graphprune.calibration.stats import find_consumers
 
     cons = [c for c in find_consumers(dg) if dg.group_for(c.w, c.w_axis) is grp]
     assert cons
@@ -177,8 +178,8 @@ def test_amp_ranks_a_dead_mlp_unit_last():
 
 def test_flap_keeps_the_mean_of_the_pruned_mlp_output():
     """Bias compensation: the first pruned down projection's output keeps its calibration mean."""
-    from graphprune.calib import find_consumers
-    from graphprune.pipeline import analyze_model
+    from graphprune.calibration.stats import find_consumers
+    from graphprune.pipeline.pipeline import analyze_model
 
     model = onnx.load(str(LLAMA["dynamo"]))
     name = model.graph.input[0].name

@@ -11,10 +11,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
-from graphprune.calib import Calibration, build_context
-from graphprune.passes.criteria_lrp import RULES, relevance_sums
-from graphprune.passes.score import CRITERIA
-from graphprune.pipeline import CALIB_CRITERIA, analyze_model
+from graphprune.calibration.data import Calibration
+from graphprune.pipeline.calibrate import build_context
+from graphprune.criteria.lrp.step import RULES
+from graphprune.pipeline.calibrate import relevance_sums
+from graphprune.criteria import CRITERIA
+from graphprune.pipeline.options import CALIB_CRITERIA
+from graphprune.pipeline.pipeline import analyze_model
 from helpers import assert_equivalent, run
 from test_criteria import _conv_pair, _model
 

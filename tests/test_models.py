@@ -70,7 +70,7 @@ def test_dynamic_batch(name):
     model = make_batch_dynamic(onnx.load(str(path)))
     res = graphprune.prune(model, ratio=0.3)
     assert res.report["params"]["after"] < res.report["params"]["before"]
-    from graphprune.backends import ort as ortb
+    from graphprune.runtime import session as ortb
 
     sess = ortb.session(model)
     feeds = ortb.random_inputs(sess, batch=3)

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from graphprune.backends import ort as ortb  # noqa: E402
+from graphprune.runtime import session as ortb  # noqa: E402
 from graphprune.torch import apply_plan, prune_module  # noqa: E402
 from graphprune.torch.apply import MappingError  # noqa: E402
 from models import zoo  # noqa: E402
@@ -80,8 +80,8 @@ def test_unmapped_tensor_is_a_clear_error():
 
 
 def test_core_does_not_import_torch():
-    code = ("import sys, graphprune, graphprune.cli.main, graphprune.evaluate, graphprune.sweep, "
-            "graphprune.report_html, graphprune.backends.bench; "
+    code = ("import sys, graphprune, graphprune.cli.main, graphprune.pipeline.measure, "
+            "graphprune.pipeline.sweep, graphprune.report.html, graphprune.runtime.bench; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import graphprune
-from graphprune.backends import ort as ortb
+from graphprune.runtime import session as ortb
 from helpers import run, zero_consumers
 
 TX = Path(__file__).resolve().parent.parent / "models" / "onnx" / "tx"

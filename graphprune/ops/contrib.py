@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dependency import ROLE_IN, ROLE_OUT
 from .elementwise import couple_broadcast
 from .norm import normalize_last_axis
-from .registry import OpRule, rule
+from .registry import ROLE_IN, ROLE_OUT, OpRule, rule
 
 MS = "com.microsoft"
 
@@ -29,8 +28,8 @@ class ContribElementwise(OpRule):
 class ContribLayerNorm(OpRule):
     """(input [+ skip + bias]) normalized over the last axis, scaled by gamma (+ beta).
 
-    Prunable along the hidden axis only when hidden-size pruning is on (an approximation, like
-    LayerNormalization); extra outputs (mean, inverse std, the summed input) follow the input.
+    Its last axis can shrink only as an approximation, like LayerNormalization's (the analysis
+    decides whether hidden-size pruning is allowed); extra outputs (mean, inverse std, the summed input) follow the input.
     """
 
     def analyze(self, ctx):
@@ -46,15 +45,19 @@ class ContribLayerNorm(OpRule):
             couple_broadcast(ctx, [d], x)
         if summed:
             ctx.couple_same(x, summed)
-        if ctx.dg.allow_hidden and not stats:
-            normalize_last_axis(ctx, x, y, params)
-            return
-        why = "normalizes over this axis"
-        ctx.couple_same(x, y, skip=(r - 1,))
-        for t in [x, y] + data[1:] + ([summed] if summed else []):
-            ctx.block(t, ctx.rank(t) - 1, why)
-        for p in list(params) + stats:
-            ctx.block(p, None, why)
+
+        def exact():
+            why = "normalizes over this axis"
+            ctx.couple_same(x, y, skip=(r - 1,))
+            for t in [x, y] + data[1:] + ([summed] if summed else []):
+                ctx.block(t, ctx.rank(t) - 1, why)
+            for p in list(params) + stats:
+                ctx.block(p, None, why)
+
+        if stats:
+            exact()
+        else:
+            ctx.approximate_norm(x, lambda: normalize_last_axis(ctx, x, y, params), exact)
 
 
 @rule("SimplifiedLayerNormalization")
@@ -123,7 +126,7 @@ class MultiHeadAttention(OpRule):
         for t, d in zip((q, k, v, y), dims):
             c = np.arange(d)
             ctx.couple(t, 2, heads, 0, (c, c // (d // h)))
-        ctx.dg.head_axes.add((heads, 0))
+        ctx.mark_heads(heads, 0)
         ctx.couple(q, 0, y, 0)
         ctx.couple(q, 1, y, 1)
         ctx.couple(k, 0, q, 0)

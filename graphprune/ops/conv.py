@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dependency import ROLE_IN, ROLE_OUT
-from .registry import OpRule, rule
+from .registry import ROLE_IN, ROLE_OUT, OpRule, rule
 
 
 def _couple_spatial_batch(ctx, x, y):

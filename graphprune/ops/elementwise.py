@@ -6,8 +6,7 @@ remove). When we cannot tell whether an axis broadcasts (unknown sizes), it is b
 """
 from __future__ import annotations
 
-from ..dependency import ROLE_OUT
-from .registry import OpRule, rule
+from .registry import ROLE_OUT, OpRule, rule
 
 
 def couple_broadcast(ctx, inputs: list[str], output: str) -> None:

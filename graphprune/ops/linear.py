@@ -6,9 +6,8 @@ coupled to the output's last axis (removing output feature n removes column n of
 """
 from __future__ import annotations
 
-from ..dependency import ROLE_IN, ROLE_OUT
 from .elementwise import couple_broadcast
-from .registry import OpRule, rule
+from .registry import ROLE_IN, ROLE_OUT, OpRule, rule
 
 
 @rule("Gemm")

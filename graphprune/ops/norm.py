@@ -8,8 +8,7 @@ there would change every other channel's value.
 """
 from __future__ import annotations
 
-from ..dependency import ROLE_AUX, ROLE_OUT
-from .registry import OpRule, rule
+from .registry import ROLE_AUX, ROLE_OUT, OpRule, rule
 
 
 @rule("BatchNormalization")
@@ -63,9 +62,10 @@ class GroupNorm(OpRule):
 
 
 def normalize_last_axis(ctx, x, y, params):
-    """Hidden-size pruning of a transformer: a norm over the last axis keeps working on fewer
-    features (its statistics are then taken over the kept ones: an approximation, which is why
-    only the `hidden` kind does this). Scale and bias shrink with the axis."""
+    """The coupling of a norm over the last axis if that axis shrinks: the norm keeps working
+    on fewer features (its statistics are then taken over the kept ones, an approximation).
+    Scale and bias shrink with the axis. Rules hand this to `ctx.approximate_norm`, which the
+    analysis applies only when hidden-size pruning is allowed."""
     last = ctx.rank(x) - 1
     ctx.couple_same(x, y)
     for p in params:
@@ -74,7 +74,6 @@ def normalize_last_axis(ctx, x, y, params):
             ctx.role(p, ctx.rank(p) - 1, ROLE_OUT)
             for a in range(ctx.rank(p) - 1):
                 ctx.free(p, a)
-    ctx.dg.hidden_axes.add((x, last))
 
 
 @rule("LayerNormalization")
@@ -84,10 +83,13 @@ class LayerNorm(OpRule):
         r = ctx.rank(x)
         axis = int(ctx.attr("axis", -1)) % r
         used_extra = [o for o in ctx.outputs[1:] if o]
-        if ctx.dg.allow_hidden and axis == r - 1 and not used_extra:
-            normalize_last_axis(ctx, x, ctx.outputs[0], ctx.inputs[1:3])
+        exact = lambda: _block_mixed(ctx, list(range(axis, r)),  # noqa: E731
+                                     "normalizes over this axis")
+        if axis == r - 1 and not used_extra:
+            ctx.approximate_norm(x, lambda: normalize_last_axis(ctx, x, ctx.outputs[0],
+                                                                ctx.inputs[1:3]), exact)
             return
-        _block_mixed(ctx, list(range(axis, r)), "normalizes over this axis")
+        exact()
 
 
 @rule("MeanVarianceNormalization")

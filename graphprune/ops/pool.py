@@ -84,15 +84,17 @@ class Reduce(OpRule):
             return
         keepdims = int(ctx.attr("keepdims", 1))
         last = ctx.rank(x) - 1
-        if (ctx.dg.allow_hidden and axes == [last] and ctx.node.op_type == "ReduceMean"
-                and keepdims):
-            # the mean of an RMSNorm: over fewer hidden features once they are pruned
-            for a in range(last):
-                ctx.couple(x, a, ctx.outputs[0], a)
-            ctx.free(x, last)
-            ctx.dg.hidden_axes.add((x, last))
+        exact = lambda: couple_reduction(ctx, x, ctx.outputs[0], axes, keepdims)  # noqa: E731
+        if axes == [last] and ctx.node.op_type == "ReduceMean" and keepdims:
+            # the mean of a decomposed RMSNorm: over fewer hidden features once they shrink
+            def approximate():
+                for a in range(last):
+                    ctx.couple(x, a, ctx.outputs[0], a)
+                ctx.free(x, last)
+
+            ctx.approximate_norm(x, approximate, exact)
             return
-        couple_reduction(ctx, x, ctx.outputs[0], axes, keepdims)
+        exact()
 
     def macs(self, ctx):
         return ctx.numel(ctx.node.input[0])

@@ -7,15 +7,26 @@ constant inputs after its tensors shrank, and (d) how many multiply-accumulates 
 Adding support for an op means adding one `OpRule` subclass decorated with `@rule("OpType")` and a
 test that prunes through it. Ops without a rule are never guessed at: every axis of their inputs
 and outputs is blocked, so every group touching them is frozen, with the reason recorded.
+
+Rules state facts about their op and nothing else: which axes correspond, which axis a reshape
+splits into heads, which normalization pruning would only approximate. What to do with those
+facts (prune heads or not, allow hidden-size pruning or not) is the analysis' policy, decided
+from the options in `graphprune.analysis`, never by a rule. Rules import nothing above this
+package except, for type checking, the context classes they are handed.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..dependency import AnalyzeContext
-    from ..passes.rewrite import RewriteContext
-    from ..metrics import MacsContext
+    from ..analysis.context import AnalyzeContext
+    from ..analysis.cost import MacsContext
+    from ..transforms.rewrite import RewriteContext
+
+# Roles of a constant's axis in its group, which criteria read:
+ROLE_OUT = "out"  # a parameter of the producing op (conv filter rows, bias, BN scale/shift)
+ROLE_IN = "in"  # a contraction axis of a consumer (conv input channels, Gemm/MatMul K)
+ROLE_AUX = "aux"  # sliced but not scored (BN running stats, per-channel constants of unknown role)
 
 RULES: dict[tuple[str, str], "OpRule"] = {}
 
@@ -61,3 +72,15 @@ def lookup(op_type: str, domain: str) -> "OpRule | None":
 
 def supported_ops() -> list[str]:
     return sorted(f"{d + '::' if d else ''}{op}" for d, op in RULES)
+
+class ShapeOnly(OpRule):
+    """Data movement costs no multiply-accumulates."""
+
+    def macs(self, ctx):
+        return 0
+
+
+def axis_of(ctx, name, default=0):
+    """The node's `axis` attribute, normalized for tensor `name`."""
+    return int(ctx.attr("axis", default)) % ctx.rank(name)
+

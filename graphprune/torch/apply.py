@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..passes.rewrite import keep_positions
+from ..transforms.rewrite import keep_positions
 
 
 class MappingError(ValueError):

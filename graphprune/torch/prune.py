@@ -9,7 +9,7 @@ from .export import as_tuple, export_onnx
 
 
 def _onnx_outputs(model, inputs: tuple) -> list[np.ndarray]:
-    from ..backends import ort as ortb
+    from ..runtime import session as ortb
 
     sess = ortb.session(model)
     tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
@@ -39,7 +39,7 @@ def prune_module(module: torch.nn.Module, example_inputs, ratio: float = 0.3,
     A tensor that shrinks but is not a parameter/buffer raises MappingError before any change.
     Optimizers made before pruning hold the old parameters; create them afterwards.
     """
-    from ..pipeline import prune
+    from ..pipeline.pipeline import prune
 
     inputs = as_tuple(example_inputs)
     proto = export_onnx(module, inputs)

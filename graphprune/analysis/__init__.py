@@ -1,0 +1,1 @@
+"""Analysis: the dependency graph of coupled axes, groups and their units, kinds, and costs."""

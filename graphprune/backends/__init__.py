@@ -1,1 +1,0 @@
-"""Execution backends (ONNX Runtime) used for validation, fidelity and benchmarks."""

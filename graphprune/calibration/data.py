@@ -1,0 +1,112 @@
+"""Calibration samples: where they come from and how they are checked.
+
+`load_calibration` takes a dict of arrays, a ``.npz`` file (arrays keyed by graph input name,
+samples along axis 0, the same format `--calib` uses for fidelity), a folder of images (see
+`graphprune.calibration.images`) or an integer N (N seeded standard-normal samples: a shape
+check only, no real distribution). Language models calibrate on text
+(`graphprune.calibration.text`). Samples are checked against the model's graph inputs before
+any heavy work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+from ..ir.inputs import input_specs, random_feeds as spec_feeds
+
+
+@dataclass
+class Calibration:
+    """Calibration feeds (graph input name -> array, samples along axis 0) and optional labels."""
+
+    feeds: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.feeds.values()))) if self.feeds else 0
+
+
+def load_calibration(source, model: onnx.ModelProto, preprocess: str = "imagenet",
+                     labels=None, seed: int = 0, limit: int | None = None) -> Calibration:
+    """Calibration from a dict of arrays, a ``.npz`` file, a folder of images or an int N
+    (N random samples); see the module docstring. `labels` (array or text file with one
+    integer per line, same order as the samples) is kept for label-aware criteria."""
+    if isinstance(source, Calibration):
+        cal = source
+    elif isinstance(source, dict):
+        cal = Calibration({k: np.asarray(v) for k, v in source.items()}, source="arrays")
+    elif isinstance(source, (int, np.integer)) and not isinstance(source, bool):
+        cal = Calibration(random_feeds(model, int(source), seed), source=f"random:{int(source)}")
+    else:
+        p = Path(source)
+        if p.is_dir():
+            from .images import load_image_dir
+
+            cal = Calibration(load_image_dir(p, model, preprocess, limit), source=f"images:{p}")
+        elif p.is_file():
+            cal = Calibration(load_npz(p, model), source=f"npz:{p.name}")
+        else:
+            raise UserError(f"{p}: calibration source not found (a .npz file or a folder of "
+                            "images)")
+    if labels is not None:
+        lab = labels
+        if isinstance(labels, (str, Path)):
+            lab = np.loadtxt(labels, dtype=np.int64, ndmin=1)
+        cal.labels = np.asarray(lab).reshape(-1)
+        if len(cal.labels) != cal.n:
+            raise UserError(f"--labels: {len(cal.labels)} labels for {cal.n} samples")
+    if limit is not None and cal.n > limit:
+        cal.feeds = {k: v[:limit] for k, v in cal.feeds.items()}
+        if cal.labels is not None:
+            cal.labels = cal.labels[:limit]
+    if cal.n == 0:
+        raise UserError("calibration data has no samples")
+    return cal
+
+
+def random_feeds(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """n seeded random samples for every graph input (symbolic sizes other than batch: 16)."""
+    if n < 1:
+        raise UserError(f"--calib-random needs N >= 1, got {n}")
+    specs = input_specs(model)
+    static = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+    if static and max(static) > 1 and n % max(static):
+        n = (n // max(static) + 1) * max(static)
+    b = max(static) if static else n
+    parts = [spec_feeds(specs, seed=seed + k, batch=b, dynamic=16)
+             for k in range(max(1, n // b))]
+    return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+
+def load_npz(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Arrays keyed by graph input name, samples along axis 0, cast to the inputs' dtypes."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such calibration file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except Exception as e:
+        raise UserError(f"{p}: not a readable .npz file ({e})") from e
+    specs = {s.name: s for s in input_specs(model)}
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise UserError(f"{p}: no array for model input(s) {', '.join(missing)} "
+                        f"(the file has {', '.join(sorted(arrays)) or 'nothing'})")
+    out, n = {}, None
+    for name, spec in specs.items():
+        a = arrays[name]
+        if a.ndim != len(spec.shape):
+            raise UserError(f"{p}: array '{name}' has rank {a.ndim}, the model input has rank "
+                            f"{len(spec.shape)} (samples go along axis 0)")
+        out[name] = a.astype(spec.dtype, copy=False)
+        if n is not None and len(a) != n:
+            raise UserError(f"{p}: arrays have different numbers of samples")
+        n = len(a)
+    return out

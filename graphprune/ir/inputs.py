@@ -1,0 +1,132 @@
+"""The inputs a graph expects: their names, types and shapes, and feeds made for them.
+
+Everything that runs a model (validation, calibration, fidelity, benchmarks, language-model
+checks) needs inputs of the right names, dtypes and shapes. They are read from the ModelProto's
+graph inputs (initializers excluded), so no ONNX Runtime session is needed to make them:
+
+- `random_feeds`: seeded random arrays; symbolic dims get `batch` (axis 0) or `dynamic`;
+  integer inputs get small non-negative values (safe as indices);
+- `text_feeds`: token windows for a language model, other text inputs filled by name
+  (``attention_mask`` ones, ``position_ids`` 0..seq-1, ``token_type_ids`` zeros).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import UserError
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.INT16: np.int16,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: name, numpy dtype and dims (int, a symbolic name, or None)."""
+
+    name: str
+    dtype: type
+    shape: tuple
+
+    @property
+    def is_int(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer)
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs a caller feeds (initializers listed as inputs excluded), in order."""
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = []
+        if tt.HasField("shape"):
+            for d in tt.shape.dim:
+                dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
+        out.append(InputSpec(vi.name, _NP_TYPES.get(tt.elem_type, np.float32), tuple(dims)))
+    return out
+
+
+def concrete_shape(spec: InputSpec, batch: int = 1, dynamic: int = 1) -> list[int]:
+    """The spec's shape with symbolic dims set: `batch` on axis 0, `dynamic` elsewhere."""
+    return [d if isinstance(d, int) and d > 0 else (batch if k == 0 else dynamic)
+            for k, d in enumerate(spec.shape)]
+
+
+def random_feeds(specs: list[InputSpec], seed: int = 0, dynamic: int = 1,
+                 batch: int = 1) -> dict[str, np.ndarray]:
+    """Seeded random feeds for `specs` (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        shape = concrete_shape(s, batch, dynamic)
+        if s.dtype == np.bool_:
+            feeds[s.name] = rng.random(shape) > 0.5
+        elif s.is_int:
+            feeds[s.name] = rng.integers(0, 2, size=shape).astype(s.dtype)
+        else:
+            feeds[s.name] = rng.standard_normal(shape).astype(s.dtype)
+    return feeds
+
+
+def static_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size every input fixes on axis 0, or None when it is symbolic."""
+    dims = {s.shape[0] if s.shape else None for s in specs}
+    d = dims.pop() if len(dims) == 1 else None
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def symbolic_batch(specs: list[InputSpec]) -> bool:
+    """Whether no input fixes its leading dimension (feeds may be cut into any batch)."""
+    return all(not (s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0) for s in specs)
+
+
+def text_feeds(specs: list[InputSpec], windows: np.ndarray) -> dict[str, np.ndarray]:
+    """Graph inputs for token windows [n, seq]: the integer input named like ``input_ids``
+    (or the only integer input) gets the windows; see the module docstring for the others."""
+    ints = [s for s in specs if s.dtype in (np.int64, np.int32)]
+    ids = next((s.name for s in ints if "ids" in s.name.lower()
+                and "type" not in s.name.lower() and "position" not in s.name.lower()),
+               ints[0].name if len(ints) == 1 else None)
+    if ids is None:
+        raise UserError("--calib-text: the model has no integer token-id input (inputs: "
+                        f"{[s.name for s in specs]})")
+    n, seq = windows.shape
+    feeds = {}
+    for s in specs:
+        low = s.name.lower()
+        if s.name == ids:
+            feeds[s.name] = windows.astype(s.dtype)
+        elif "mask" in low:
+            feeds[s.name] = np.ones((n, seq), dtype=s.dtype)
+        elif "position" in low:
+            feeds[s.name] = np.broadcast_to(np.arange(seq, dtype=s.dtype), (n, seq)).copy()
+        elif "type" in low:
+            feeds[s.name] = np.zeros((n, seq), dtype=s.dtype)
+        else:
+            raise UserError(f"--calib-text: cannot fill model input {s.name!r} from text "
+                            "(known: token ids, attention_mask, position_ids, token_type_ids)")
+    return feeds
+
+
+def feed_batches(specs: list[InputSpec], feeds: dict[str, np.ndarray],
+                 chunk: int = 64) -> list[dict[str, np.ndarray]]:
+    """Arrays with samples on axis 0 cut into the batches the model takes: chunks of its static
+    batch size (a remainder that does not fill one is dropped), else of up to `chunk`."""
+    static = static_batch(specs)
+    n = len(next(iter(feeds.values())))
+    step = static or chunk
+    end = n - (n % static if static else 0)
+    out = [{k: v[s:s + step] for k, v in feeds.items()} for s in range(0, end, step)]
+    if not out:
+        raise UserError(f"calibration data has {n} samples; the model needs batches of {static}")
+    return out

@@ -1,2 +1,0 @@
-"""Passes over the model and its dependency groups. The pipeline that runs them in order is
-declared in `graphprune.pipeline`."""

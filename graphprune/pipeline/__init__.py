@@ -1,0 +1,1 @@
+"""The pipeline: options, the state and its stages, the declared order, results and reports."""

@@ -1,0 +1,84 @@
+"""Measuring a prune against its original (fidelity on calibration data, latency and memory),
+and the CI gates built on those numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ..analysis.cost import count_macs, count_params
+from ..calibration.data import load_npz
+from ..runtime import bench
+from ..runtime.fidelity import fidelity
+from .stages import model_view
+
+
+def model_cost(model: onnx.ModelProto) -> dict:
+    """Params and MACs as the pruning report counts them (symbolic sizes count as 1)."""
+    view = model_view(model)
+    return {"params": count_params(view), "macs": count_macs(view)}
+
+
+def _proto(m):
+    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m))
+
+
+def check_gates(report: dict, max_drop: float | None = None,
+                min_speedup: float | None = None) -> list[dict]:
+    """Gate results ({"gate", "measured", "limit", "passed"}) from a report's numbers."""
+    gates = []
+    if max_drop is not None:
+        d = report["fidelity"]["drop"]
+        gates.append({"gate": "max-drop", "measured": d, "limit": max_drop,
+                      "passed": bool(d <= max_drop)})
+    if min_speedup is not None:
+        s = report["latency_ms"]["speedup"]
+        gates.append({"gate": "min-speedup", "measured": s, "limit": min_speedup,
+                      "passed": bool(s >= min_speedup)})
+    return gates
+
+
+def gate_failure_line(gates: list[dict]) -> str | None:
+    """The one stderr line for failed gates, or None when all passed."""
+    failed = [g for g in gates if not g["passed"]]
+    if not failed:
+        return None
+    return "graphprune: gate failed: " + "; ".join(
+        f"{g['gate']} {g['measured']:.4g} vs {g['limit']:.4g}" for g in failed)
+
+
+def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
+                    threads: int = 0, repeats: int = 50, warmup: int = 5, seed: int = 0,
+                    progress: bool = False) -> dict:
+    """Measure a `PruneResult` against its original (path or ModelProto) and put the numbers in
+    its report: `fidelity` (calibration or random inputs, with top-1 agreement and `drop`) and,
+    with `benchmark`, `latency_ms` {before, after, p90_before, p90_after, threads, speedup,
+    macs_ratio} and `memory_bytes` {before, after} (peak RSS of a fresh process per model)."""
+    proto = _proto(original)
+    calib = load_npz(calib_path, proto) if calib_path else None
+    result.report["fidelity"] = fidelity(proto, result.model, calib=calib, seed=seed,
+                                         calib_name=Path(calib_path).name if calib_path else None)
+    if benchmark:
+        src = original if isinstance(original, onnx.ModelProto) else str(original)
+        pair = bench.benchmark_pair(src, result.model, threads=threads, repeats=repeats,
+                                    warmup=warmup, seed=seed, progress=progress,
+                                    cost=model_cost)
+        b, a, c = pair["before"], pair["after"], pair["compare"]
+        result.report["latency_ms"] = {
+            "before": b["latency_ms"]["median"], "after": a["latency_ms"]["median"],
+            "p90_before": b["latency_ms"]["p90"], "p90_after": a["latency_ms"]["p90"],
+            "threads": threads, "repeats": repeats, "provider": b["provider"],
+            "speedup": c["speedup"], "macs_ratio": c.get("macs_ratio")}
+        result.report["memory_bytes"] = {"before": b["peak_rss_bytes"],
+                                         "after": a["peak_rss_bytes"]}
+    return result.report
+
+
+def benchmark(model, **kw) -> dict:
+    """`graphprune.runtime.bench.benchmark` with the params and MACs the report counts."""
+    return bench.benchmark(model, cost=model_cost, **kw)
+
+
+def benchmark_pair(model_a, model_b, **kw) -> dict:
+    """`graphprune.runtime.bench.benchmark_pair` with params and MACs (the MACs ratio)."""
+    return bench.benchmark_pair(model_a, model_b, cost=model_cost, **kw)

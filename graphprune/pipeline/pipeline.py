@@ -1,0 +1,129 @@
+"""The pipeline, declared in one place, and the Python API over it.
+
+    read → reference → prepare → calibration → depth → analyze → statistics → score → select
+         → compensate → rewrite → cost → validate → report            (then PruneResult.save)
+
+Each stage is a function over one `PruneState` (`graphprune.pipeline.stages`) that declares the
+state fields it needs and the ones it ensures; the runner checks both, so a stage that forgets
+its job fails loudly where it happened, and a stage that is skipped (its condition is false)
+leaves its fields unset. `prune()` and `analyze_model()` are the Python API; the CLI is a thin
+layer over them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..analysis.build import KINDS, analyze as analyze_graph
+from ..ir import WEIGHTS
+from ..runtime.taps import TapRunner
+from ..transforms.untie import untie_shared_constants
+from . import stages as s
+from .options import PruneOptions
+from .report import build_report
+from .result import PruneResult
+from .state import PruneState, timed
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[PruneState], None]
+    needs: tuple[str, ...] = ()
+    ensures: tuple[str, ...] = ()
+    when: Callable[[PruneState], bool] | None = None
+    phase: str = ""  # the timing bucket of the report (default: the stage's name)
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("read", s.read, ensures=("source",), phase="load"),
+    Stage("reference", s.reference, ("source",), ("reference",), s.validating, "validate"),
+    Stage("prepare", s.prepare, ("source",), ("view", "before", "copies"), phase="load"),
+    Stage("calibration", s.load_calibration, ("source",), ("calibration",), s.calibrating,
+          "calibrate"),
+    Stage("depth", s.drop_blocks, ("view",), ("blocks", "view"), s.dropping_blocks),
+    Stage("analyze", s.analyze, ("view",), ("graph",)),
+    Stage("statistics", s.statistics, ("graph",), ("calib_ctx",), s.measuring_statistics,
+          "calibrate"),
+    Stage("score", s.score, ("graph",), ("scores",)),
+    Stage("select", s.select, ("graph", "scores", "before"), ("plan",)),
+    Stage("compensate", s.compensate, ("plan", "calib_ctx"), ("compensation",), s.compensating),
+    Stage("rewrite", s.rewrite, ("plan", "copies"), ("counts", "shapes_after")),
+    Stage("cost", s.cost_after, ("shapes_after",), ("after",), phase="validate"),
+    Stage("validate", s.validate, ("reference",), ("fidelity",), s.validating_in_memory),
+    Stage("report", lambda st: setattr(st, "report", build_report(st)),
+          ("graph", "plan", "before", "after", "counts"), ("report",), phase="write"),
+)
+
+
+class StageError(AssertionError):
+    """A stage ran without what it needs, or did not produce what it ensures: a bug."""
+
+
+def run_stages(state: PruneState, stages: tuple[Stage, ...] = PIPELINE) -> PruneState:
+    """Run `stages` in order over `state` (the weights the state's source keeps on disk are
+    readable by every stage while they run)."""
+    token = None
+    try:
+        for stage in stages:
+            if stage.when is not None and not stage.when(state):
+                continue
+            missing = [f for f in stage.needs if getattr(state, f) is None]
+            if missing:
+                raise StageError(f"stage {stage.name} needs {missing}")
+            if state.progress:
+                state.progress(stage.name)
+            with timed(state, stage.phase or stage.name):
+                stage.run(state)
+            if stage.name == "read" and token is None:
+                token = WEIGHTS.set(state.source.store)
+            absent = [f for f in stage.ensures if getattr(state, f) is None]
+            if absent:
+                raise StageError(f"stage {stage.name} did not produce {absent}")
+    finally:
+        if token is not None:
+            WEIGHTS.reset(token)
+    return state
+
+
+def result_of(state: PruneState) -> PruneResult:
+    src = state.source
+    pending = state.reference if (src.lazy and state.options.validate) else None
+    return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
+                       pending=pending, source=src.path, external=src.external,
+                       scores=state.scores)
+
+
+def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
+          progress: Callable[[str], None] | None = None, in_memory: bool = False,
+          **options) -> PruneResult:
+    """Prune a model (path or ModelProto). Returns the pruned ModelProto and the report.
+
+    Options: see `PruneOptions` (global_rank, round_to, min_keep, protect, seed, validate,
+    dims, drop_blocks, calib, labels, compensate, calib_text, tokenizer, seq_len,
+    target_params). The input model object is never modified.
+
+    Weights a model file keeps in external data are read one tensor at a time and never all
+    held in memory; such a model is validated when the result is saved (see `PruneResult`).
+    `in_memory` loads every weight instead (needed to run the pruned model from memory).
+    """
+    opts = PruneOptions(ratio=ratio, criterion=criterion, **options)
+    opts.check()
+    state = PruneState(model, opts, TapRunner(), progress=progress,
+                       in_memory=in_memory or s.needs_weights_in_memory(opts))
+    return result_of(run_stages(state))
+
+
+def analyze_model(model, progress=None, dims=KINDS):
+    """Dependency groups of a model (path or ModelProto), without changing it. Returns the
+    view the analysis ran on and the dependency graph."""
+    state = PruneState(model, PruneOptions(validate=False), TapRunner())
+    run_stages(state, PIPELINE[:1])
+    token = WEIGHTS.set(state.source.store)
+    try:
+        work = state.source.work
+        untie_shared_constants(work)
+        view = s.model_view(work)
+        return view, analyze_graph(view, progress=progress, dims=dims)
+    finally:
+        WEIGHTS.reset(token)

@@ -1,0 +1,71 @@
+"""The JSON report, built from the final state of a prune (keys: see README "Report")."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import __version__
+from .state import PHASES, PruneState
+
+
+def build_report(state: PruneState) -> dict:
+    opts, dg, plan, src = state.options, state.graph, state.plan, state.source
+    groups = []
+    for g in dg.groups:
+        if g.frozen_reason == "no weights to shrink":
+            continue
+        entry = {
+            "id": g.id,
+            "kind": g.kind,
+            "name": g.label(),
+            "size_before": g.n_units,
+            "size_after": len(plan.keep[g.id]) if g.id in plan.keep else g.n_units,
+            "members": [f"{m.tensor}[{m.axis}]" for m in g.members],
+            "frozen_reason": g.frozen_reason,
+        }
+        s = state.scores.get(g.id)
+        if s is not None and len(s):
+            entry["score_stats"] = {"min": float(np.min(s)), "mean": float(np.mean(s)),
+                                    "max": float(np.max(s))}
+        groups.append(entry)
+    prunable = [g for g in groups if g["frozen_reason"] is None]
+    report = {
+        "graphprune_version": __version__,
+        "input": src.path,
+        "output": None,
+        "criterion": opts.criterion,
+        "target": {"ratio": opts.ratio, "params": opts.target_params, "dims": list(opts.dims),
+                   "global": opts.global_rank, "round_to": opts.round_to,
+                   "min_keep": opts.min_keep, "protect": list(opts.protect), "seed": opts.seed},
+        "params": {"before": state.before["params"], "after": state.after["params"]},
+        "macs": {"before": state.before["macs"], "after": state.after["macs"]},
+        "file_bytes": {"before": src.in_bytes, "after": src.work.ByteSize()},
+        "summary": {
+            "groups": len(groups),
+            "prunable_groups": len(prunable),
+            "pruned_groups": len(plan.keep),
+            "frozen_groups": len(groups) - len(prunable),
+            "units_before": int(sum(g["size_before"] for g in prunable)),
+            "units_after": int(sum(g["size_after"] for g in prunable)),
+            "unsupported_ops": dict(sorted(dg.unsupported_ops.items())),
+            **state.counts,
+        },
+        "groups": groups,
+        "fidelity": state.fidelity,
+        "timings_s": {k: state.timings.get(k, 0.0) for k in PHASES},
+    }
+    ctx = state.calib_ctx
+    if ctx is not None:
+        report["calibration"] = {
+            "source": ctx.source, "samples": ctx.samples,
+            "consumers": len(ctx.consumers), "calibrated": ctx.calibrated,
+            "data_free": sorted({st.source for st in ctx.stats.values()} - {"calibration"}),
+            "notes": ctx.notes}
+    if state.compensation is not None:
+        report["compensation"] = state.compensation
+    if state.blocks:
+        report["blocks"] = [{"add": b.add, "kind": b.kind, "score": round(b.score, 6),
+                             "dropped": b.dropped} for b in state.blocks]
+        report["groups"] += [{"id": f"block:{b.add}", "kind": "block", "name": b.add,
+                              "size_before": 1, "size_after": 0 if b.dropped else 1,
+                              "members": [], "frozen_reason": None} for b in state.blocks]
+    return report

@@ -1,0 +1,64 @@
+"""The result of a prune: the pruned model, its report, and how to write it."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..analysis.graph import DependencyGraph
+from ..ir import WEIGHTS
+from ..ir.files import check_outputs, save_model
+from ..ir.storage import WeightStore
+from ..runtime import validate as runtime_validate
+from ..transforms.select import Plan
+
+
+@dataclass
+class PruneResult:
+    """A pruned model and its report.
+
+    For a model whose weights stay on disk (external data), `model` references them and `store`
+    holds the rewritten tensors; such a model is validated when it is saved, from the written
+    files, before they are renamed into place (`report["fidelity"]` is filled then).
+    """
+
+    model: onnx.ModelProto
+    report: dict
+    graph: DependencyGraph
+    plan: Plan
+    store: WeightStore | None = None
+    pending: tuple | None = None  # reference (feeds, outputs) while validation waits for files
+    source: str | None = None  # the input file
+    external: bool = False  # the input kept its weights in external data: so does the output
+    scores: dict = field(default_factory=dict)  # group id -> the criterion's unit scores
+
+    def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
+        t0 = time.perf_counter()
+        p = Path(path)
+        check_outputs(self.source, p)
+        spent = {"validate": 0.0}
+        check = None
+        if self.pending is not None:
+            ref = self.pending
+
+            def check(tmp: str) -> None:
+                t1 = time.perf_counter()
+                self.report["fidelity"] = runtime_validate.validate_file(tmp, ref)
+                spent["validate"] = time.perf_counter() - t1
+
+        token = WEIGHTS.set(self.store)
+        try:
+            size = save_model(self.model, p, external_data=external_data or self.external,
+                              store=self.store, validate=check)
+        finally:
+            WEIGHTS.reset(token)
+        self.pending = None
+        t = self.report["timings_s"]
+        t["validate"] = round(t.get("validate", 0.0) + spent["validate"], 4)
+        self.report["output"] = str(p)
+        self.report["file_bytes"]["after"] = size
+        t["write"] = round(time.perf_counter() - t0 - spent["validate"], 4)
+        return p

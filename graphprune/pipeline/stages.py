@@ -1,0 +1,213 @@
+"""The stages of a prune: one function each over the `PruneState` (the order and what each needs
+and ensures are declared in `graphprune.pipeline.pipeline.PIPELINE`). Stages are the only
+callers of `graphprune.runtime`; everything below them is handed what it needs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from ..analysis.build import analyze as analyze_graph
+from ..analysis.cost import count_macs, count_params
+from ..calibration.data import load_calibration as load_samples
+from ..calibration.stats import build_context
+from ..calibration.text import text_calibration
+from ..criteria import CRITERIA
+from ..errors import UserError
+from ..ir import GraphView
+from ..ir.fold import static_view
+from ..ir.load import check_tensor_storage, open_model
+from ..ir.sanity import check_graph_sanity
+from ..ir.shapes import infer_shapes
+from ..ir.storage import TWO_GB
+from ..runtime import validate as runtime_validate
+from ..runtime.probe import probe_shapes
+from ..transforms import depth
+from ..transforms.compensate import compensate as compensate_plan
+from ..transforms.rewrite import rewrite as rewrite_plan
+from ..transforms.select import apply_protect, select as select_units
+from ..transforms.untie import retie_identical, untie_shared_constants
+from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode
+from .state import PruneState, Source
+
+
+def model_view(model: onnx.ModelProto) -> GraphView:
+    """The model's view with every size that can be known: shape inference, folded shape
+    computations, and sizes observed in ONNX Runtime where inference lost them."""
+    return static_view(model, infer_shapes(model), probe=probe_shapes)
+
+
+# ------------------------------------------------------------------------------ stages
+def read(state: PruneState) -> None:
+    """The model to work on. From a file, large external weights stay on disk unless the run
+    needs them in memory (passes that run the edited model in ONNX Runtime)."""
+    model = state.input
+    if isinstance(model, onnx.ModelProto):
+        check_tensor_storage(model, None)
+        if not model.graph.node:
+            raise UserError("the model has no graph nodes")
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        check_graph_sanity(work)
+        state.source = Source(work, model, None, model.ByteSize(), None, False)
+        return
+    path = Path(model)
+    work, store, files = open_model(path)
+    size = path.stat().st_size + sum(f.stat().st_size for f in files)
+    if state.in_memory and store is not None:
+        if size > TWO_GB:
+            raise UserError(f"{path}: --drop-blocks, --calib, --benchmark and --html need the "
+                            "weights in memory, which is not possible for models over 2 GB")
+        store.materialize(work)
+        store = None
+    state.source = Source(work, str(path), str(path), size, store, bool(files))
+
+
+def reference(state: PruneState) -> None:
+    """The original's outputs on random inputs. First of all: an input ONNX Runtime cannot run
+    is refused before any work, and for big models the original's session is gone before
+    anything else takes memory."""
+    src = state.source
+    state.reference = runtime_validate.reference(src.original, seed=state.options.seed,
+                                                 low_memory=src.lazy)
+
+
+def prepare(state: PruneState) -> None:
+    """Parameter count of the input, shared constants untied, shapes and folded values."""
+    work = state.source.work
+    params = count_params(GraphView(work))
+    state.copies = untie_shared_constants(work)
+    state.view = model_view(work)
+    state.before = {"params": params, "macs": count_macs(state.view)}
+
+
+def load_calibration(state: PruneState) -> None:
+    """The calibration samples: `calib` (npz, images, arrays, N random) or token windows of
+    `calib_text` (see graphprune.calibration)."""
+    opts, work = state.options, state.source.work
+    if opts.calib_text is not None:
+        cal = text_calibration(work, opts.calib_text, opts.tokenizer, opts.seq_len)
+        state.calibration = load_samples(cal, work, labels=opts.labels)
+    else:
+        state.calibration = load_samples(opts.calib, work, preprocess=opts.preprocess,
+                                         labels=opts.labels, seed=opts.seed)
+
+
+def drop_blocks(state: PruneState) -> None:
+    """Score residual blocks on the calibration samples (random inputs without them) and
+    remove the `drop_blocks` least useful."""
+    opts, work = state.options, state.source.work
+    blocks = depth.find_residual_blocks(state.view)
+    if opts.drop_blocks > len(blocks):
+        raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
+                        "residual blocks")
+    cal = state.calibration
+    feeds = (depth.split_feeds(work, cal.feeds) if cal is not None
+             else depth.calibration_feeds(work, state.view, seed=opts.seed))
+    depth.score_blocks(work, blocks, feeds, state.runner)
+    depth.drop_blocks(work, blocks, opts.drop_blocks)
+    state.view = model_view(work)
+    state.blocks = blocks
+
+
+def analyze(state: PruneState) -> None:
+    state.graph = analyze_graph(state.view, dims=state.options.dims)
+    apply_protect(state.graph, state.options.protect)
+
+
+def statistics(state: PruneState) -> None:
+    """Consumers and activation statistics for the data-aware criteria: measured on the
+    calibration samples, else data-free for obspa; wanda/flap/amp without data fall back to
+    magnitude (their notes say so)."""
+    opts, cal = state.options, state.calibration
+    # consumer statistics serve the statistics-based criteria and compensation; lrp runs the
+    # model itself, magnitude/random need nothing (the samples may be there for depth scoring)
+    stats = opts.criterion in STATS_CRITERIA or compensation_mode(opts) is not None
+    ctx = build_context(state.graph, cal, state.runner, data_free=opts.criterion == "obspa",
+                        stats=stats)
+    ctx.source = cal.source if cal is not None else (
+        "data-free" if opts.criterion == "obspa" else "none")
+    ctx.samples = cal.n if cal is not None else 0
+    if cal is None and opts.criterion in ("wanda", "flap", "amp"):
+        ctx.notes.append(f"{opts.criterion}: no calibration data; every group is scored by "
+                         "magnitude")
+    state.calib_ctx = ctx
+
+
+def score(state: PruneState) -> None:
+    extra = {"calib_ctx": state.calib_ctx} if state.calib_ctx is not None else {}
+    state.scores = CRITERIA[state.options.criterion](state.graph, seed=state.options.seed,
+                                                     **extra)
+
+
+def select(state: PruneState) -> None:
+    opts = state.options
+    state.plan = select_units(state.graph, state.scores, opts.ratio,
+                              global_rank=opts.global_rank, round_to=opts.round_to,
+                              min_keep=opts.min_keep, params_budget=params_budget(state))
+
+
+def params_budget(state: PruneState) -> float | None:
+    """Parameters width pruning still has to remove for --target-params (blocks dropped by
+    --drop-blocks already count)."""
+    f = state.options.target_params
+    if f is None:
+        return None
+    before = state.before["params"]
+    return f * before - (before - count_params(state.view))
+
+
+def compensate(state: PruneState) -> None:
+    state.compensation = compensate_plan(state.view, state.graph, state.plan, state.calib_ctx,
+                                         compensation_mode(state.options))
+
+
+def rewrite(state: PruneState) -> None:
+    counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
+    counts["constants_retied"] = retie_identical(state.source.work, state.copies)
+    state.counts, state.shapes_after = counts, shapes
+
+
+def cost_after(state: PruneState) -> None:
+    view = GraphView(state.source.work, state.shapes_after)
+    state.after = {"params": count_params(view), "macs": count_macs(view)}
+
+
+def validate(state: PruneState) -> None:
+    """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
+    whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
+    state.fidelity = runtime_validate.validate(None, state.source.work, seed=state.options.seed,
+                                               ref=state.reference)
+
+
+# ------------------------------------------------------------------------------ conditions
+def validating(state: PruneState) -> bool:
+    return state.options.validate
+
+
+def validating_in_memory(state: PruneState) -> bool:
+    return state.options.validate and not state.source.lazy
+
+
+def calibrating(state: PruneState) -> bool:
+    return state.options.has_calibration
+
+
+def dropping_blocks(state: PruneState) -> bool:
+    return bool(state.options.drop_blocks)
+
+
+def measuring_statistics(state: PruneState) -> bool:
+    return state.options.criterion in CALIB_CRITERIA or state.calibration is not None
+
+
+def compensating(state: PruneState) -> bool:
+    ctx = state.calib_ctx
+    return (compensation_mode(state.options) is not None and ctx is not None and bool(ctx.stats)
+            and bool(state.plan.keep))
+
+
+def needs_weights_in_memory(opts) -> bool:
+    """Stages that run the edited model in ONNX Runtime from memory."""
+    return bool(opts.drop_blocks) or opts.has_calibration
+

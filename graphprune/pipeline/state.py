@@ -1,0 +1,82 @@
+"""The one state every stage of a prune reads and extends."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+
+from ..analysis.graph import DependencyGraph
+from ..calibration.data import Calibration
+from ..calibration.stats import CalibContext, Runner
+from ..ir import GraphView
+from ..ir.storage import WeightStore
+from ..transforms.select import Plan
+from .options import PruneOptions
+
+PHASES = ("load", "depth", "analyze", "calibrate", "score", "select", "compensate", "rewrite",
+          "validate", "write")
+
+
+@dataclass
+class Source:
+    """The input as loaded: `work` is what the stages edit (a copy when given a ModelProto),
+    `original` what a reference run loads (the file when there is one)."""
+
+    work: onnx.ModelProto
+    original: onnx.ModelProto | str
+    path: str | None
+    in_bytes: int
+    store: WeightStore | None  # weights left on disk (None: all in memory)
+    external: bool  # the input keeps weights in external data files
+
+    @property
+    def lazy(self) -> bool:
+        return self.store is not None
+
+
+@dataclass
+class PruneState:
+    """Everything a prune knows so far. Each stage declares the fields it needs and the ones
+    it ensures (see `graphprune.pipeline.pipeline.PIPELINE`)."""
+
+    input: object  # a path or a ModelProto, as given
+    options: PruneOptions
+    runner: Runner
+    in_memory: bool = False  # load every weight (passes run the edited model from memory)
+    progress: Callable[[str], None] | None = None
+    source: Source | None = None
+    reference: object = None  # the original's outputs on the validation inputs (a Reference)
+    copies: dict | None = None  # untied constant copy -> original
+    view: GraphView | None = None
+    before: dict | None = None  # {"params", "macs"} of the input
+    calibration: Calibration | None = None
+    blocks: list = field(default_factory=list)
+    graph: DependencyGraph | None = None
+    calib_ctx: CalibContext | None = None
+    scores: dict | None = None
+    plan: Plan | None = None
+    compensation: dict | None = None
+    counts: dict | None = None
+    shapes_after: dict | None = None
+    after: dict | None = None
+    fidelity: dict | None = None
+    report: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def spent(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 4)
+
+
+class timed:
+    """Adds the time spent inside the block to `state.timings[phase]`."""
+
+    def __init__(self, state: PruneState, phase: str):
+        self.state, self.phase = state, phase
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.state.spent(self.phase, time.perf_counter() - self.t0)

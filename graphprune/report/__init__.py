@@ -1,0 +1,1 @@
+"""Reports for people: the printed summary, the HTML report, sweep outputs."""

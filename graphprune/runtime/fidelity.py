@@ -1,0 +1,112 @@
+"""Fidelity of a pruned model to its original.
+
+Both models run on the same inputs (calibration arrays from an .npz file, or seeded random
+inputs) and their outputs are compared:
+
+- `cosine`: cosine similarity of each output flattened over all samples, the minimum over
+  outputs (the same number validation reports);
+- `max_abs_diff`: largest absolute difference over all outputs;
+- `top1_agreement`: for outputs that look like classifier logits (float, 2-D `[N, K]`, K > 1),
+  the fraction of samples whose arg-max class is unchanged (minimum over such outputs).
+
+`drop` is the one number the `--max-drop` gate compares: `1 - top1_agreement` on calibration
+data when a logits output exists (what a classifier's user feels), else `1 - cosine`. Top-1
+agreement on random inputs is not used for the gate: random inputs tend to land in one class for
+both models, so it stays at 1.0 long after the outputs have drifted.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from ..ir.inputs import feed_batches, input_specs, random_feeds, static_batch
+from .session import run, session
+
+log = logging.getLogger(__name__)
+
+RANDOM_SAMPLES = 32
+CHUNK = 64
+
+
+def batches(model: onnx.ModelProto, calib: dict | None, samples: int = RANDOM_SAMPLES,
+            seed: int = 0) -> list[dict]:
+    """Feeds to run: calibration arrays cut to the model's batch, or `samples` random samples.
+
+    A model with a static batch of b gets chunks of b samples; a symbolic batch gets chunks of
+    up to CHUNK samples.
+    """
+    specs = input_specs(model)
+    static = static_batch(specs)
+    if calib is None:
+        if static is None:
+            return [random_feeds(specs, seed=seed, batch=samples, dynamic=16)]
+        n = max(1, samples // static)
+        return [random_feeds(specs, seed=seed + k, batch=static, dynamic=16) for k in range(n)]
+    n = len(next(iter(calib.values())))
+    if static and n % static:
+        log.debug("calibration: %d samples, dropping %d to fit batch %d", n, n % static, static)
+    return feed_batches(specs, calib, CHUNK)
+
+
+def run_all(sess, feeds_list: list[dict]) -> dict[str, np.ndarray]:
+    """Outputs of every feed, concatenated along axis 0 (scalars and 0-D outputs stacked)."""
+    parts: dict[str, list] = {}
+    for feeds in feeds_list:
+        for k, v in run(sess, feeds).items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate([np.atleast_1d(x) for x in v], axis=0) if len(v) > 1 else v[0]
+            for k, v in parts.items()}
+
+
+def is_logits(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating)
+
+
+def cosine_fidelity(ref: dict, out: dict) -> dict:
+    """What validation reports: the minimum cosine over outputs and the max abs difference,
+    on random inputs."""
+    res = compare_outputs(ref, out, use_top1=False)
+    return {"metric": "cosine", "value": res["value"], "max_abs_diff": res["max_abs_diff"],
+            "inputs": "random"}
+
+
+def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
+    diffs, cos, agree = [], [], []
+    for name in ref:
+        a, b = np.asarray(ref[name]), np.asarray(out[name])
+        if is_logits(a) and a.shape == b.shape:
+            agree.append(float(np.mean(np.argmax(a, 1) == np.argmax(b, 1))))
+        a = a.astype(np.float64).reshape(-1)
+        b = b.astype(np.float64).reshape(-1)
+        if not a.size:
+            continue
+        diffs.append(float(np.max(np.abs(a - b))))
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        cos.append(float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb))
+    cosine = min(cos) if cos else 1.0
+    top1 = min(agree) if agree else None
+    by_top1 = use_top1 and top1 is not None
+    return {"metric": "cosine", "value": cosine, "max_abs_diff": max(diffs) if diffs else 0.0,
+            "top1_agreement": top1,
+            "drop": 1.0 - (top1 if by_top1 else cosine),
+            "drop_metric": "top1_agreement" if by_top1 else "cosine"}
+
+
+def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
+             seed: int = 0, calib_name: str | None = None) -> dict:
+    """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring."""
+    original, pruned = _proto(original), _proto(pruned)
+    osess, psess = session(original), session(pruned)
+    feeds = batches(original, calib, samples, seed)
+    ref, out = run_all(osess, feeds), run_all(psess, feeds)
+    res = compare_outputs(ref, out, use_top1=calib is not None)
+    n = sum(len(next(iter(f.values()))) if f else 1 for f in feeds)
+    res["inputs"] = f"calib:{calib_name}" if calib is not None else "random"
+    res["samples"] = int(n)
+    return res
+
+
+def _proto(m):
+    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m))

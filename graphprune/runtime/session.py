@@ -1,0 +1,71 @@
+"""ONNX Runtime sessions: the one factory every run in graphprune goes through.
+
+Sessions log nothing: ORT's own log lines would reach stderr before graphprune's
+one-line message, so the severity is set to FATAL unless graphprune runs with --debug
+(`set_debug`). `low_memory` (big models) turns weight pre-packing off, so weights are used
+where they lie instead of being copied into packed buffers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
+}
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+_LOG = {"level": 4}  # 3 = ERROR, 4 = FATAL
+
+
+def set_debug(debug: bool) -> None:
+    """Let ONNX Runtime's own error messages through (for --debug)."""
+    _LOG["level"] = 3 if debug else 4
+    ort.set_default_logger_severity(_LOG["level"])
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def session(model: onnx.ModelProto | str | bytes, threads: int = 0,
+            provider: str = DEFAULT_PROVIDER, low_memory: bool = False) -> ort.InferenceSession:
+    """A session from a ModelProto, serialized bytes or a path (external data beside it)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = _LOG["level"]
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if low_memory:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(src, sess_options=opts, providers=[provider])
+
+
+def random_inputs(sess: ort.InferenceSession, seed: int = 0, dynamic: int = 1,
+                  batch: int = 1) -> dict[str, np.ndarray]:
+    """Random feeds matching a session's inputs; symbolic dims get `batch` (axis 0) or
+    `dynamic` (other axes). Integer inputs get small non-negative values (safe as indices).
+    The same values `graphprune.ir.inputs.random_feeds` makes from the model's graph inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else dynamic)
+                 for k, d in enumerate(i.shape)]
+        dt = _ORT_TYPES.get(i.type, np.float32)
+        if dt == np.bool_:
+            feeds[i.name] = rng.random(shape) > 0.5
+        elif np.issubdtype(dt, np.integer):
+            feeds[i.name] = rng.integers(0, 2, size=shape).astype(dt)
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(dt)
+    return feeds
+
+
+def run(sess: ort.InferenceSession, feeds: dict, names: list[str] | None = None
+        ) -> dict[str, np.ndarray]:
+    names = names or [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))

@@ -1,0 +1,106 @@
+"""Validation: the pruned model must pass the ONNX checker, run in ONNX Runtime and produce
+outputs with the same names, dtypes and shapes as the original on the same inputs.
+
+The original's outputs (the *reference*) are computed once, before pruning starts: an input that
+ONNX Runtime cannot load or run is refused up front (graphprune checks every pruned model in
+ONNX Runtime, so it prunes only models ONNX Runtime runs), and for big models the original's
+session is gone before the pruned model is loaded, so the two never share memory.
+
+Models whose weights stay on disk are validated from the written files (`validate_file`): the
+checker on the path, ONNX Runtime from the path, before the files are renamed into place.
+"""
+from __future__ import annotations
+
+import onnx
+
+from ..errors import UserError, ValidationError
+from ..ir.sanity import check_model, first_line
+from .fidelity import cosine_fidelity
+from .isolate import isolated
+from .session import random_inputs, run, session
+
+Reference = tuple[dict, dict]  # (feeds, outputs of the original)
+
+
+def _sizes(sess) -> tuple[int, ...]:
+    """Sizes to try, in order, for symbolic dims. Image-like inputs (float, rank >= 4, symbolic
+    spatial axis) start at 224: tiny images leave pooling windows empty, which crashes some ONNX
+    Runtime kernels (integer division by zero) instead of failing cleanly. Sequences start at 16."""
+    for i in sess.get_inputs():
+        if "float" in i.type and len(i.shape) >= 4 and \
+                any(not isinstance(d, int) or d <= 0 for d in i.shape[2:]):
+            return (224, 64, 16, 1)
+    return (16, 1, 224, 64)
+
+
+def _feeds_for(original_sess, seed: int):
+    """Random inputs the original model accepts (tries a few sizes for symbolic dims)."""
+    last = None
+    for dyn in _sizes(original_sess):
+        feeds = random_inputs(original_sess, seed=seed, dynamic=dyn)
+        try:
+            return feeds, run(original_sess, feeds)
+        except Exception as e:  # the original rejects these sizes; try others
+            last = e
+    raise UserError(f"the input model does not run in onnxruntime on random inputs: "
+                    f"{first_line(last)}")
+
+
+def reference(original: onnx.ModelProto | str, seed: int = 0, low_memory: bool = False,
+              original_sess=None) -> Reference:
+    """Random feeds and the original model's outputs on them; `UserError` when ORT cannot
+    load or run the original (or crashes on it)."""
+    if original_sess is not None:
+        return _feeds_for(original_sess, seed)
+    return isolated(_reference, original, seed, low_memory,
+                    crash=lambda why: UserError(f"onnxruntime crashed ({why}) running the input "
+                                                "model on random inputs; graphprune cannot "
+                                                "validate a pruned version of it"))
+
+
+def _reference(original, seed: int, low_memory: bool) -> Reference:
+    try:
+        sess = session(original, low_memory=low_memory)
+    except Exception as e:
+        raise UserError(f"onnxruntime cannot load the input model ({first_line(e, 300)}); every "
+                        "pruned model is checked in onnxruntime, so graphprune prunes only "
+                        "models it can run") from e
+    return _feeds_for(sess, seed)
+
+
+def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: int = 0,
+             original_sess=None, ref: Reference | None = None) -> dict:
+    """Run all checks on an in-memory pruned model; returns fidelity numbers on the random
+    inputs used. `ref` (from `reference`) saves running the original again."""
+    check_model(pruned)
+    if ref is None:
+        ref = reference(original, seed, original_sess=original_sess)
+    return _compare_run(pruned, ref, low_memory=False)
+
+
+def validate_file(path: str, ref: Reference) -> dict:
+    """All checks on a written model file (its external data beside it)."""
+    check_model(str(path))
+    return _compare_run(str(path), ref, low_memory=True)
+
+
+def _compare_run(pruned, ref: Reference, low_memory: bool) -> dict:
+    feeds, want = ref
+    out = isolated(_run_pruned, pruned, feeds, low_memory,
+                   crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
+                                                     "pruned model"))
+    if list(out) != list(want):
+        raise ValidationError(f"output names changed: {list(want)} -> {list(out)}")
+    for name in want:
+        a, b = want[name], out[name]
+        if a.dtype != b.dtype or a.shape != b.shape:
+            raise ValidationError(
+                f"output '{name}' changed from {a.dtype}{list(a.shape)} to {b.dtype}{list(b.shape)}")
+    return cosine_fidelity(want, out)
+
+
+def _run_pruned(pruned, feeds: dict, low_memory: bool) -> dict:
+    try:
+        return run(session(pruned, low_memory=low_memory), feeds)
+    except Exception as e:
+        raise ValidationError(f"onnxruntime cannot run the pruned model: {first_line(e, 300)}") from e

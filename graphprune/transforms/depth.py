@@ -1,0 +1,190 @@
+"""Depth pruning: drop whole residual sub-blocks (What Matters in Transformers / FinerCut).
+
+A residual block is an `Add(x, f(x))` whose second operand is computed from the first: a
+transformer's attention or MLP sub-block, a ResNet basic block with an identity shortcut. Its
+score is how much it changes the stream, 1 − cos(x, x + f(x)), averaged over the rows (tokens,
+pixels) of a few inputs run in ONNX Runtime. Dropping a block replaces the Add by x; the branch
+becomes dead code and is removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..calibration.stats import Runner
+from ..ir import GraphView, subgraph_outer_names
+from ..ir.inputs import input_specs, random_feeds
+
+
+@dataclass
+class ResidualBlock:
+    add: str  # name of the Add node
+    skip: str  # the stream tensor x
+    out: str  # the Add's output
+    kind: str  # "attention" | "mlp" | "block"
+    score: float = 0.0
+    dropped: bool = False
+
+
+def _ancestors(view: GraphView, name: str, limit: int = 100_000) -> set[str]:
+    seen, stack = set(), [name]
+    while stack and len(seen) < limit:
+        t = stack.pop()
+        node = view.producer.get(t)
+        if node is None:
+            continue
+        for i in node.input:
+            if i and i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return seen
+
+
+def _branch_ops(view: GraphView, start: str, stop: str) -> set[str]:
+    """Op types on the paths from `stop` (exclusive) up to `start`."""
+    ops, seen, stack = set(), set(), [start]
+    while stack:
+        t = stack.pop()
+        node = view.producer.get(t)
+        if node is None or t == stop or t in seen:
+            continue
+        seen.add(t)
+        ops.add(node.op_type)
+        stack.extend(i for i in node.input if i)
+    return ops
+
+
+def find_residual_blocks(view: GraphView) -> list[ResidualBlock]:
+    blocks = []
+    for node in view.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or not all(node.input):
+            continue
+        a, b = node.input
+        if view.is_const(a) or view.is_const(b):
+            continue
+        sa, sb, so = view.shape(a), view.shape(b), view.shape(node.output[0])
+        if sa is None or sa != sb or sa != so:
+            continue
+        for skip, branch in ((a, b), (b, a)):
+            if skip in _ancestors(view, branch):
+                ops = _branch_ops(view, branch, skip)
+                if not ops & {"MatMul", "Gemm", "Conv", "ConvTranspose"}:
+                    break  # arithmetic inside an activation (x + 0.044715·x³), not a block
+                kind = "attention" if "Softmax" in ops else (
+                    "mlp" if ops & {"MatMul", "Gemm"} else "block")
+                blocks.append(ResidualBlock(node.name or node.output[0], skip, node.output[0],
+                                            kind))
+                break
+    return blocks
+
+
+def score_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], feeds_list,
+                 runner: Runner) -> None:
+    """1 − mean row cosine between the stream before and after each block (the model runs on
+    each batch of `feeds_list` through `runner`, with every block's input and output tapped)."""
+    names = list(dict.fromkeys(t for b in blocks for t in (b.skip, b.out)))
+    totals = np.zeros(len(blocks))
+    for outs in runner.each(model, names, feeds_list):
+        for k, b in enumerate(blocks):
+            x, y = outs[b.skip], outs[b.out]
+            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            y = y.reshape(-1, y.shape[-1]).astype(np.float64)
+            den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+            cos = np.where(den > 0, (x * y).sum(1) / np.maximum(den, 1e-30), 1.0)
+            totals[k] += float(np.mean(1.0 - cos))
+    for k, b in enumerate(blocks):
+        b.score = totals[k] / max(len(feeds_list), 1)
+
+
+def split_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                batch: int = 8) -> list[dict[str, np.ndarray]]:
+    """Calibration arrays (samples on axis 0) as a list of batches for `score_blocks`: `batch`
+    samples each (bounded memory), or the model's static batch size."""
+    for i in model.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if i.name in feeds and dims and dims[0].HasField("dim_value"):
+            batch = dims[0].dim_value
+    n = len(next(iter(feeds.values())))
+    return [{k: v[s:s + batch] for k, v in feeds.items()} for s in range(0, n, batch)]
+
+
+def calibration_feeds(model: onnx.ModelProto, view: GraphView, n: int = 4, seed: int = 0):
+    """Random inputs for block scoring: token ids over the whole vocabulary of the embedding
+    they index (not just 0/1), other inputs standard normal; symbolic sizes 1 × 16."""
+    specs = input_specs(model)
+    vocab: dict[str, int] = {}
+    for node in view.graph.node:
+        if node.op_type == "Gather" and node.input[1] in view.graph_inputs:
+            d = view.static_dim(node.input[0], int(next(
+                (a.i for a in node.attribute if a.name == "axis"), 0)))
+            if d:
+                vocab[node.input[1]] = d
+    feeds_list = []
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        feeds = random_feeds(specs, seed=seed + k, dynamic=16)
+        for name, hi in vocab.items():
+            if name in feeds:
+                feeds[name] = rng.integers(0, hi, size=feeds[name].shape).astype(feeds[name].dtype)
+        feeds_list.append(feeds)
+    return feeds_list
+
+
+def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], n: int) -> list[ResidualBlock]:
+    """Replace the n lowest-scoring blocks' Adds by their stream input; remove dead nodes."""
+    chosen = sorted(blocks, key=lambda b: (b.score, b.add))[:n]
+    outputs = {o.name for o in model.graph.output}
+    replace: dict[str, str] = {}
+    for b in chosen:
+        b.dropped = True
+        src = b.skip
+        while src in replace:  # consecutive dropped blocks
+            src = replace[src]
+        replace[b.out] = src
+    by_out = {b.out for b in chosen}
+    new_nodes = []
+    for node in model.graph.node:
+        if node.output and node.output[0] in by_out:
+            if node.output[0] in outputs:  # keep the graph output's name
+                src = replace[node.output[0]]
+                new_nodes.append(helper.make_node("Identity", [src], [node.output[0]],
+                                                  name=node.name))
+            continue
+        for i, x in enumerate(node.input):
+            while x in replace and x not in outputs:
+                x = replace[x]
+            node.input[i] = x
+        new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    remove_dead_code(model)
+    return chosen
+
+
+def remove_dead_code(model: onnx.ModelProto) -> None:
+    """Drop nodes whose outputs nothing reads, then initializers nothing reads."""
+    g = model.graph
+    live = {o.name for o in g.output}
+    kept = []
+    for node in reversed(list(g.node)):
+        if any(o in live for o in node.output if o):
+            kept.append(node)
+            live.update(i for i in node.input if i)
+            live.update(subgraph_outer_names(node))
+    kept.reverse()
+    del g.node[:]
+    g.node.extend(kept)
+    all_inits = {t.name for t in g.initializer}
+    inits = [t for t in g.initializer if t.name in live]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    if model.ir_version < 4:  # initializers listed as inputs go with them; real inputs stay
+        ins = [i for i in g.input if i.name not in all_inits or i.name in live]
+        del g.input[:]
+        g.input.extend(ins)
+    vis = [v for v in g.value_info if v.name in live]
+    del g.value_info[:]
+    g.value_info.extend(vis)
