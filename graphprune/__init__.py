@@ -8,7 +8,7 @@
 The API names are imported on first use, so `import graphprune` (and the command line's start)
 stays cheap.
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["prune", "analyze", "PruneResult", "__version__"]
 

@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from .. import __version__
+from ..version import __version__
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

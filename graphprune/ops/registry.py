@@ -11,7 +11,7 @@ and outputs is blocked, so every group touching them is frozen, with the reason 
 Rules state facts about their op and nothing else: which axes correspond, which axis a reshape
 splits into heads, which normalization pruning would only approximate. What to do with those
 facts (prune heads or not, allow hidden-size pruning or not) is the analysis' policy, decided
-from the options in `graphprune.analysis`, never by a rule. Rules import nothing above this
+in `graphprune.analysis`, never by a rule. Rules import nothing above this
 package except, for type checking, the context classes they are handed.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from .state import PHASES, PruneState
 
 
