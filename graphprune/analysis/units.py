@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..ops.registry import ROLE_AUX, ROLE_IN, ROLE_OUT
 from .graph import DependencyGraph, DimNode, Group, Member
@@ -77,15 +75,38 @@ def _compute_units(dg: DependencyGraph, grp: Group, edges) -> None:
         c = np.concatenate(cols)
     else:
         r = c = np.zeros(0, dtype=np.int64)
-    mat = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
-    n, labels = connected_components(mat, directed=False)
+    labels = components(total, r, c)
     # renumber units in order of first appearance for stable, readable ids
-    _, first = np.unique(labels, return_index=True)
+    roots, first = np.unique(labels, return_index=True)
+    n = len(roots)
     order = np.argsort(first)
     remap = np.empty(n, dtype=np.int64)
     remap[order] = np.arange(n)
-    labels = remap[labels]
+    labels = remap[np.searchsorted(roots, labels)]
     grp.n_units = int(n)
     for dn in grp.dims:
         o = offsets[dn]
         grp.unit_of[dn] = labels[o:o + int(dg.sizes[dn])]
+
+
+def components(total: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Connected components of the graph on `total` positions with edges (r[k], c[k]): for
+    every position, the smallest position of its component. Labels move to the smaller label
+    of each edge, then follow their chains to the end (pointer jumping), until no edge joins
+    two labels; a few vectorized rounds for the short chains index maps make."""
+    labels = np.arange(total, dtype=np.int64)
+    r, c = np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64)
+    while len(r):
+        m = np.minimum(labels[r], labels[c])
+        new = labels.copy()
+        np.minimum.at(new, r, m)
+        np.minimum.at(new, c, m)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels

@@ -10,8 +10,9 @@ from ..ops.registry import ROLE_IN, ROLE_OUT
 from .registry import criterion
 
 
-def slice_power_sums(view: GraphView, name: str, axis: int, p: float) -> np.ndarray:
-    """Σ|w|^p over every slice of a constant along `axis` (one number per position).
+def slice_power_sums(view: GraphView, name: str, axes, p: float) -> dict[int, np.ndarray]:
+    """Σ|w|^p over every slice of a constant along each of `axes` (one number per position),
+    computing |w|^p once for all of them.
 
     Weights stored as ConstantOfShape fills are handled analytically so huge placeholder
     tensors are never materialized.
@@ -22,37 +23,55 @@ def slice_power_sums(view: GraphView, name: str, axis: int, p: float) -> np.ndar
         v = 0.0
         if fill is not None:
             v = float(abs(numpy_helper.to_array(fill).reshape(-1)[0]))
-        per = (v ** p) * (c.numel // max(c.shape[axis], 1))
-        return np.full(c.shape[axis], per, dtype=np.float64)
+        return {a: np.full(c.shape[a], (v ** p) * (c.numel // max(c.shape[a], 1)),
+                           dtype=np.float64) for a in axes}
     w = np.asarray(view.const_value(name))
     if w.ndim == 0:
-        return np.zeros(1)
+        return {a: np.zeros(1) for a in axes}
     if w.dtype not in (np.float32, np.float64):
         w = w.astype(np.float32)
     powered = w * w if p == 2 else np.abs(w) ** p
-    other = tuple(a for a in range(w.ndim) if a != axis)
-    out = np.sum(powered, axis=other, dtype=np.float64) if other else powered
-    return np.asarray(out, dtype=np.float64)
+    out = {}
+    for a in axes:
+        n = w.shape[a]
+        pre = int(np.prod(w.shape[:a], dtype=np.int64))
+        # (pre, n, post) is a view: the sums need no transposed copy
+        out[a] = powered.reshape(pre, n, -1).sum(axis=(0, 2), dtype=np.float64)
+    return out
 
 
-@criterion("magnitude")
-def magnitude(dg: DependencyGraph, p: float = 2.0, **_) -> dict[int, np.ndarray]:
-    """Group-norm magnitude: for every unit, Σ over all weight members of Σ|w|^p of its slices,
-    each member first divided by its own mean so wide and narrow layers weigh alike."""
-    out: dict[int, np.ndarray] = {}
+def _weight_members(dg: DependencyGraph) -> dict[str, list[int]]:
+    """Floating-point weight members of the prunable groups: tensor -> axes."""
+    out: dict[str, list[int]] = {}
     for grp in dg.prunable_groups():
-        scores = np.zeros(grp.n_units)
-        n = 0
         for m in grp.members:
             if m.role not in (ROLE_OUT, ROLE_IN):
                 continue
             dt = dg.view.consts[m.tensor].dtype
             if not np.issubdtype(dt, np.floating) and "float" not in str(dt):
                 continue
-            local = slice_power_sums(dg.view, m.tensor, m.axis, p)
+            out.setdefault(m.tensor, []).append(m.axis)
+    return out
+
+
+@criterion("magnitude")
+def magnitude(dg: DependencyGraph, p: float = 2.0, **_) -> dict[int, np.ndarray]:
+    """Group-norm magnitude: for every unit, Σ over all weight members of Σ|w|^p of its slices,
+    each member first divided by its own mean so wide and narrow layers weigh alike. Each
+    weight is read once (one tensor in memory at a time) for all the axes its groups need."""
+    sums: dict[tuple[str, int], np.ndarray] = {}
+    for name, axes in _weight_members(dg).items():
+        for a, local in slice_power_sums(dg.view, name, sorted(set(axes)), p).items():
             mean = local.mean()
-            if mean > 0:
-                local = local / mean
+            sums[(name, a)] = local / mean if mean > 0 else local
+    out: dict[int, np.ndarray] = {}
+    for grp in dg.prunable_groups():
+        scores = np.zeros(grp.n_units)
+        n = 0
+        for m in grp.members:
+            local = sums.get((m.tensor, m.axis))
+            if local is None or m.role not in (ROLE_OUT, ROLE_IN):
+                continue
             np.add.at(scores, grp.unit_of[(m.tensor, m.axis)], local)
             n += 1
         out[grp.id] = scores / max(n, 1)

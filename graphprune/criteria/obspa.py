@@ -11,7 +11,6 @@ bias. Without calibration data, H comes from a preceding BatchNorm (or identity)
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 from ..analysis.graph import DependencyGraph
 from ..calibration.stats import CalibContext, augmented_hessian, data_free_context
@@ -21,6 +20,8 @@ from .registry import criterion
 
 def _inv_spd(a: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix via Cholesky (adds jitter if needed)."""
+    import scipy.linalg  # only criteria that invert Hessians pay its import time
+
     jitter = 0.0
     for _ in range(6):
         try:

@@ -16,7 +16,8 @@ import onnx
 
 from ..errors import UserError
 from .load import data_files
-from .storage import TWO_GB, WeightStore, goes_external, has_external_tensors, set_external
+from .storage import (TWO_GB, WeightStore, approx_bytes, copy_fields, goes_external,
+                      has_external_tensors, set_external)
 
 
 def _umask() -> int:
@@ -60,32 +61,19 @@ def write_bytes(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _copy_fields(dst, src, skip: str) -> None:
-    """Copy every set field of message `src` into `dst` except the field named `skip`."""
-    for fd, val in src.ListFields():
-        if fd.name == skip:
-            continue
-        if getattr(fd, "is_repeated", None) or getattr(fd, "label", None) == 3:
-            getattr(dst, fd.name).extend(val)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(val)
-        else:
-            setattr(dst, fd.name, val)
-
-
 def external_proto(model: onnx.ModelProto, location: str,
                    placed: dict[str, tuple[int, int]]) -> onnx.ModelProto:
     """The model proto whose written initializers reference `location` (never holding their
     bytes, not even for a moment, so writing costs no copy of the weights)."""
     out = onnx.ModelProto()
-    _copy_fields(out, model, skip="graph")
-    _copy_fields(out.graph, model.graph, skip="initializer")
+    copy_fields(out, model, skip="graph")
+    copy_fields(out.graph, model.graph, skip="initializer")
     for src in model.graph.initializer:
         t = out.graph.initializer.add()
         if src.name not in placed or not goes_external(src):
             t.CopyFrom(src)
             continue
-        _copy_fields(t, src, skip="raw_data")
+        copy_fields(t, src, skip="raw_data")
         off, n = placed[src.name]
         set_external(t, location, off, n)
     if out.ByteSize() > TWO_GB:
@@ -112,7 +100,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
     if store is not None and store.broken:
         raise UserError(store.broken)
     lazy = has_external_tensors(model)
-    if lazy or (not external_data and model.ByteSize() > TWO_GB):
+    if lazy or (not external_data and approx_bytes(model) > TWO_GB):
         external_data = True
     data_name = p.name + ".data"
     if lazy and store is not None:
@@ -203,15 +191,18 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def check_outputs(source: str | os.PathLike | None, out: str | os.PathLike,
-                  others: tuple = ()) -> None:
+                  others: tuple = (), source_files: list | None = None) -> None:
     """Refuse, before any work, outputs that would overwrite the input (the model or one of its
-    data files) or each other, or that cannot be written (missing or read-only folder)."""
+    data files) or each other, or that cannot be written (missing or read-only folder).
+    `source_files`: the input's data files when the caller knows them (else they are read
+    from the input)."""
     out = Path(out)
     src = Path(source) if source else None
     own = [out, out.with_name(out.name + ".data")]
     protected = [src] if src is not None and src.is_file() else []
     if protected and any(Path(t).exists() for t in own + list(others)):
-        protected += data_files(src)  # only an existing file can be one of the input's
+        # only an existing file can be one of the input's
+        protected += list(source_files) if source_files is not None else data_files(src)
     if src is not None and same_file(out, src):
         raise UserError("output path equals the input; choose another -o")
     for t in own + [Path(o) for o in others]:

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import UserError, ValidationError
 from .graph import subgraph_outer_names
 from .shapes import inference_copy
-from .storage import TWO_GB, numel, storage_nbytes
+from .storage import TWO_GB, approx_bytes, numel, storage_nbytes
 
 MAX_DIM = 2 ** 31 - 1  # largest size accepted on any declared axis
 MAX_INPUT_BYTES = 1 << 30  # largest graph input (symbolic sizes as 1): validation allocates it
@@ -250,7 +250,7 @@ def check_model(model: onnx.ModelProto | str) -> None:
             masked = inference_copy(proto)
             mask_unregistered_ops(masked)
             onnx.checker.check_model(masked, full_check=True)
-        elif isinstance(model, str) or model.ByteSize() < TWO_GB:
+        elif isinstance(model, str) or approx_bytes(model) < TWO_GB:
             onnx.checker.check_model(model, full_check=True)
         else:
             onnx.checker.check_model(model)

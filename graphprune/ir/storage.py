@@ -317,3 +317,32 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[TensorProto, bool]]:
     for fn in model.functions:
         for n in fn.node:
             yield from _node_tensors(n)
+
+
+def copy_fields(dst, src, skip: str) -> None:
+    """Copy every set field of message `src` into `dst` except the field named `skip`."""
+    for fd, val in src.ListFields():
+        if fd.name == skip:
+            continue
+        if getattr(fd, "is_repeated", None) or getattr(fd, "label", None) == 3:
+            getattr(dst, fd.name).extend(val)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(val)
+        else:
+            setattr(dst, fd.name, val)
+
+
+def approx_bytes(model: onnx.ModelProto) -> int:
+    """The serialized size of a model, estimated without serializing it (`ByteSize()` costs as
+    much as writing the file): everything but the initializers exactly, plus each initializer's
+    payload and a little framing. Used for size decisions (2 GB limits) and the report before a
+    model is written; a written file reports its real size."""
+    skeleton = onnx.ModelProto()
+    copy_fields(skeleton, model, skip="graph")
+    copy_fields(skeleton.graph, model.graph, skip="initializer")
+    payload = 0
+    for t in model.graph.initializer:
+        data = len(t.raw_data) if t.HasField("raw_data") else 8 * numel(t.dims)
+        payload += data + len(t.name) + 10 * len(t.dims) + 24 + sum(
+            len(e.key) + len(e.value) + 4 for e in t.external_data)
+    return skeleton.ByteSize() + payload

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..analysis.build import KINDS, analyze as analyze_graph
+from ..errors import UserError
 from ..ir import WEIGHTS
+from ..runtime.isolate import Pending
 from ..runtime.taps import TapRunner
 from ..transforms.untie import untie_shared_constants
 from . import stages as s
@@ -63,6 +65,32 @@ class StageError(AssertionError):
 def run_stages(state: PruneState, stages: tuple[Stage, ...] = PIPELINE) -> PruneState:
     """Run `stages` in order over `state` (the weights the state's source keeps on disk are
     readable by every stage while they run)."""
+    try:
+        _run(state, stages)
+    except BaseException as e:
+        try:
+            _input_first(state, e)
+        finally:
+            if isinstance(state.reference, Pending):
+                state.reference.cancel()
+        raise
+    return state
+
+
+def _input_first(state: PruneState, error: BaseException) -> None:
+    """When a stage fails while the original's reference run is still pending, the input's own
+    fault (ONNX Runtime cannot load, run or survive it) is the error to report."""
+    if not isinstance(state.reference, Pending) or isinstance(error, KeyboardInterrupt):
+        return
+    try:
+        state.reference.result()
+    except UserError as refused:
+        raise refused from error
+    except BaseException:  # noqa: BLE001  (the stage's own error stands)
+        pass
+
+
+def _run(state: PruneState, stages: tuple[Stage, ...]) -> None:
     token = None
     try:
         for stage in stages:
@@ -83,7 +111,6 @@ def run_stages(state: PruneState, stages: tuple[Stage, ...] = PIPELINE) -> Prune
     finally:
         if token is not None:
             WEIGHTS.reset(token)
-    return state
 
 
 def result_of(state: PruneState) -> PruneResult:
@@ -91,7 +118,7 @@ def result_of(state: PruneState) -> PruneResult:
     pending = state.reference if (src.lazy and state.options.validate) else None
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
-                       scores=state.scores)
+                       scores=state.scores, source_files=list(src.files))
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir.storage import approx_bytes
 from ..version import __version__
 from .state import PHASES, PruneState
 
@@ -38,7 +39,7 @@ def build_report(state: PruneState) -> dict:
                    "min_keep": opts.min_keep, "protect": list(opts.protect), "seed": opts.seed},
         "params": {"before": state.before["params"], "after": state.after["params"]},
         "macs": {"before": state.before["macs"], "after": state.after["macs"]},
-        "file_bytes": {"before": src.in_bytes, "after": src.work.ByteSize()},
+        "file_bytes": {"before": src.in_bytes, "after": approx_bytes(src.work)},
         "summary": {
             "groups": len(groups),
             "prunable_groups": len(prunable),

@@ -34,11 +34,12 @@ class PruneResult:
     source: str | None = None  # the input file
     external: bool = False  # the input kept its weights in external data: so does the output
     scores: dict = field(default_factory=dict)  # group id -> the criterion's unit scores
+    source_files: list | None = None  # the input's external data files, when known
 
     def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
         t0 = time.perf_counter()
         p = Path(path)
-        check_outputs(self.source, p)
+        check_outputs(self.source, p, source_files=self.source_files)
         spent = {"validate": 0.0}
         check = None
         if self.pending is not None:

@@ -19,7 +19,7 @@ from ..ir.fold import static_view
 from ..ir.load import check_tensor_storage, open_model
 from ..ir.sanity import check_graph_sanity
 from ..ir.shapes import infer_shapes
-from ..ir.storage import TWO_GB
+from ..ir.storage import TWO_GB, approx_bytes
 from ..runtime import validate as runtime_validate
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
@@ -49,7 +49,7 @@ def read(state: PruneState) -> None:
         work = onnx.ModelProto()
         work.CopyFrom(model)
         check_graph_sanity(work)
-        state.source = Source(work, model, None, model.ByteSize(), None, False)
+        state.source = Source(work, model, None, approx_bytes(model), None)
         return
     path = Path(model)
     work, store, files = open_model(path)
@@ -60,16 +60,18 @@ def read(state: PruneState) -> None:
                             "weights in memory, which is not possible for models over 2 GB")
         store.materialize(work)
         store = None
-    state.source = Source(work, str(path), str(path), size, store, bool(files))
+    state.source = Source(work, str(path), str(path), size, store, list(files))
 
 
 def reference(state: PruneState) -> None:
-    """The original's outputs on random inputs. First of all: an input ONNX Runtime cannot run
-    is refused before any work, and for big models the original's session is gone before
-    anything else takes memory."""
+    """The original's outputs on random inputs, computed in a child process while the other
+    stages work (the validate stage collects them; an input ONNX Runtime cannot run is refused
+    then, before anything is written). A big model's reference run is waited for here, so the
+    original's session is gone before anything else takes memory."""
     src = state.source
-    state.reference = runtime_validate.reference(src.original, seed=state.options.seed,
-                                                 low_memory=src.lazy)
+    pending = runtime_validate.start_reference(src.original, seed=state.options.seed,
+                                               low_memory=src.lazy)
+    state.reference = pending.result() if src.lazy else pending
 
 
 def prepare(state: PruneState) -> None:

@@ -29,11 +29,16 @@ class Source:
     path: str | None
     in_bytes: int
     store: WeightStore | None  # weights left on disk (None: all in memory)
-    external: bool  # the input keeps weights in external data files
+    files: list = field(default_factory=list)  # the external data files the input reads
 
     @property
     def lazy(self) -> bool:
         return self.store is not None
+
+    @property
+    def external(self) -> bool:
+        """The input keeps weights in external data files (so will the output)."""
+        return bool(self.files)
 
 
 @dataclass

@@ -131,7 +131,7 @@ def fork(state: PruneState, ratio: float) -> PruneState:
     opts.ratio = ratio
     return PruneState(state.input, opts, state.runner, in_memory=state.in_memory,
                       source=Source(work, src.original, src.path, src.in_bytes, src.store,
-                                    src.external),
+                                    src.files),
                       reference=state.reference, copies=dict(state.copies), view=view,
                       before=state.before, calibration=state.calibration, blocks=state.blocks,
                       graph=dg, calib_ctx=ctx, scores=state.scores, timings=dict(state.timings))

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..ir.storage import TWO_GB, approx_bytes
 from ..progress import bar
 from .session import available_providers, random_inputs
 from .session import session as make_session
@@ -193,7 +194,7 @@ def _child_main() -> None:
 def _as_path(model, tmpdir: str, k: int = 0) -> tuple[str, onnx.ModelProto | None]:
     if isinstance(model, onnx.ModelProto):
         p = os.path.join(tmpdir, f"model{k}.onnx")
-        onnx.save(model, p, save_as_external_data=model.ByteSize() > 2 ** 31 - 1,
+        onnx.save(model, p, save_as_external_data=approx_bytes(model) > TWO_GB,
                   location=f"model{k}.onnx.data")
         return p, model
     p = Path(model)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ..ir import Dim
+from ..ir.storage import approx_bytes
 from .isolate import isolated
 from .session import random_inputs, session
 
@@ -67,7 +68,7 @@ def _run_twice(probe: onnx.ModelProto, names: list[str]):
 
 def probe_shapes(model: onnx.ModelProto, shapes: dict) -> dict[str, tuple[Dim, ...]]:
     """Shapes of every node output observed in ONNX Runtime (symbolic where sizes vary)."""
-    if model.ByteSize() > MAX_MODEL_BYTES or not _needs_probe(model, shapes):
+    if not _needs_probe(model, shapes) or approx_bytes(model) > MAX_MODEL_BYTES:
         return {}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

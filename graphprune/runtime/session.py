@@ -7,6 +7,8 @@ where they lie instead of being copied into packed buffers.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,6 +26,11 @@ def set_debug(debug: bool) -> None:
     """Let ONNX Runtime's own error messages through (for --debug)."""
     _LOG["level"] = 3 if debug else 4
     ort.set_default_logger_severity(_LOG["level"])
+
+
+def background_threads() -> int:
+    """Intra-op threads for a run that overlaps the parent's own work: every core but one."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def available_providers() -> list[str]:

@@ -16,8 +16,9 @@ import onnx
 from ..errors import UserError, ValidationError
 from ..ir.sanity import check_model, first_line
 from .fidelity import cosine_fidelity
-from .isolate import isolated
-from .session import random_inputs, run, session
+from ..ir.shapes import inference_copy
+from .isolate import Pending, start
+from .session import background_threads, random_inputs, run, session
 
 Reference = tuple[dict, dict]  # (feeds, outputs of the original)
 
@@ -46,21 +47,29 @@ def _feeds_for(original_sess, seed: int):
                     f"{first_line(last)}")
 
 
+def start_reference(original: onnx.ModelProto | str, seed: int = 0,
+                    low_memory: bool = False) -> Pending:
+    """Start the original's reference run in a child process and return at once: the caller
+    goes on (analysis, scoring, rewrite) while ONNX Runtime loads and runs the original."""
+    return start(_reference, original, seed, low_memory,
+                 crash=lambda why: UserError(f"onnxruntime crashed ({why}) running the input "
+                                             "model on random inputs; graphprune cannot "
+                                             "validate a pruned version of it"))
+
+
 def reference(original: onnx.ModelProto | str, seed: int = 0, low_memory: bool = False,
               original_sess=None) -> Reference:
     """Random feeds and the original model's outputs on them; `UserError` when ORT cannot
     load or run the original (or crashes on it)."""
     if original_sess is not None:
         return _feeds_for(original_sess, seed)
-    return isolated(_reference, original, seed, low_memory,
-                    crash=lambda why: UserError(f"onnxruntime crashed ({why}) running the input "
-                                                "model on random inputs; graphprune cannot "
-                                                "validate a pruned version of it"))
+    return start_reference(original, seed, low_memory).result()
 
 
 def _reference(original, seed: int, low_memory: bool) -> Reference:
     try:
-        sess = session(original, low_memory=low_memory)
+        # one core is left to the parent, which analyzes while this runs
+        sess = session(original, low_memory=low_memory, threads=background_threads())
     except Exception as e:
         raise UserError(f"onnxruntime cannot load the input model ({first_line(e, 300)}); every "
                         "pruned model is checked in onnxruntime, so graphprune prunes only "
@@ -69,26 +78,38 @@ def _reference(original, seed: int, low_memory: bool) -> Reference:
 
 
 def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: int = 0,
-             original_sess=None, ref: Reference | None = None) -> dict:
+             original_sess=None, ref: Reference | Pending | None = None) -> dict:
     """Run all checks on an in-memory pruned model; returns fidelity numbers on the random
-    inputs used. `ref` (from `reference`) saves running the original again."""
-    check_model(pruned)
+    inputs used. `ref` (from `reference`, or a `start_reference` still running) saves running
+    the original again. The ONNX checker (on the graph without weight bytes) runs here while
+    ONNX Runtime runs the pruned model in a child."""
     if ref is None:
         ref = reference(original, seed, original_sess=original_sess)
-    return _compare_run(pruned, ref, low_memory=False)
+    if isinstance(ref, Pending):
+        ref = ref.result()
+    run_ = _start_pruned(pruned, ref[0], low_memory=False)
+    try:
+        check_model(inference_copy(pruned))
+    except BaseException:
+        run_.cancel()
+        raise
+    return _compare(run_.result(), ref)
 
 
 def validate_file(path: str, ref: Reference) -> dict:
     """All checks on a written model file (its external data beside it)."""
     check_model(str(path))
-    return _compare_run(str(path), ref, low_memory=True)
+    return _compare(_start_pruned(str(path), ref[0], low_memory=True).result(), ref)
 
 
-def _compare_run(pruned, ref: Reference, low_memory: bool) -> dict:
-    feeds, want = ref
-    out = isolated(_run_pruned, pruned, feeds, low_memory,
-                   crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
-                                                     "pruned model"))
+def _start_pruned(pruned, feeds: dict, low_memory: bool) -> Pending:
+    return start(_run_pruned, pruned, feeds, low_memory,
+                 crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
+                                                   "pruned model"))
+
+
+def _compare(out: dict, ref: Reference) -> dict:
+    _, want = ref
     if list(out) != list(want):
         raise ValidationError(f"output names changed: {list(want)} -> {list(out)}")
     for name in want:

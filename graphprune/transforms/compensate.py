@@ -22,7 +22,6 @@ output channels, because the rewrite only slices tensors the dependency analysis
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 from onnx import helper
 
 from ..analysis.graph import DependencyGraph
@@ -37,6 +36,8 @@ MODES = ("flap", "obspa")
 def compensate(view: GraphView, dg: DependencyGraph, plan: Plan, ctx: CalibContext,
                mode: str) -> dict:
     """Apply `mode` compensation in place on `view.model`. Returns a summary for the report."""
+    import scipy.linalg  # only compensating runs pay its import time
+
     if mode not in MODES:
         raise ValueError(f"unknown compensation {mode!r}")
     keep = keep_positions(dg, plan)

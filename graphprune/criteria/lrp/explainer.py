@@ -97,6 +97,7 @@ from ...calibration.data import Calibration
 from ...calibration.stats import Runner
 from ...errors import UserError
 from ...ir import GraphView
+from ...ir.storage import TWO_GB, approx_bytes
 from . import flow, layers  # noqa: F401  (register the rules)
 from .flow import IndexMaps
 from .kernels import CONV_RULES, EPS, f64, label_of
@@ -285,7 +286,7 @@ def runnable_model(view: GraphView) -> onnx.ModelProto:
     for t in m.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             t.CopyFrom(numpy_helper.from_array(np.asarray(view.const_value(t.name)), t.name))
-    if m.ByteSize() > (1 << 31) - 1:
+    if approx_bytes(m) > TWO_GB:
         raise UserError("lrp runs the model in ONNX Runtime from memory, which is not possible "
                         "for models over 2 GB")
     return m
