@@ -244,7 +244,7 @@ def static_view(model: onnx.ModelProto, shapes: dict, probe=None) -> GraphView:
         return view
     if probed:
         merged = merge_probed(merged, probed)
-    view = GraphView(model, merged)
+    view.set_shapes(merged)
     view.folded = fold_static_values(view)
     return view
 

@@ -173,6 +173,13 @@ class GraphView:
         self._value_cache.pop(name, None)
 
     # ------------------------------------------------------------------ shapes
+    def set_shapes(self, shapes: dict[str, tuple[Dim, ...]]) -> None:
+        """Replace the known shapes (constants keep their own): what shape inference learns
+        after folding changes no structure, so the view is kept."""
+        self.shapes = dict(shapes)
+        for name, c in self.consts.items():
+            self.shapes[name] = tuple(c.shape)
+
     def shape(self, name: str) -> tuple[Dim, ...] | None:
         return self.shapes.get(name)
 

@@ -77,8 +77,9 @@ def reference(state: PruneState) -> None:
 def prepare(state: PruneState) -> None:
     """Parameter count of the input, shared constants untied, shapes and folded values."""
     work = state.source.work
-    params = count_params(GraphView(work))
-    state.copies = untie_shared_constants(work)
+    view = GraphView(work)
+    params = count_params(view)
+    state.copies = untie_shared_constants(work, view)
     state.view = model_view(work)
     state.before = {"params": params, "macs": count_macs(state.view)}
 
@@ -166,7 +167,7 @@ def compensate(state: PruneState) -> None:
 
 def rewrite(state: PruneState) -> None:
     counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
-    counts["constants_retied"] = retie_identical(state.source.work, state.copies)
+    counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
     state.counts, state.shapes_after = counts, shapes
 
 

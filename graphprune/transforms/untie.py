@@ -21,9 +21,11 @@ from ..ir import GraphView
 MAX_COPY_ELEMENTS = 4_000_000
 
 
-def untie_shared_constants(model: onnx.ModelProto) -> dict[str, str]:
-    """Give every extra reader of a shared constant its own copy. Returns copy -> original."""
-    view = GraphView(model)
+def untie_shared_constants(model: onnx.ModelProto, view: GraphView | None = None
+                           ) -> dict[str, str]:
+    """Give every extra reader of a shared constant its own copy. Returns copy -> original.
+    `view`: the model's current view, when the caller has one (it is stale afterwards)."""
+    view = view if view is not None else GraphView(model)
     copies: dict[str, str] = {}
     taken = {t.name for t in model.graph.initializer}
     for n in model.graph.node:
@@ -58,11 +60,14 @@ def untie_shared_constants(model: onnx.ModelProto) -> dict[str, str]:
     return copies
 
 
-def retie_identical(model: onnx.ModelProto, copies: dict[str, str]) -> int:
-    """Point readers of copies that still equal their original back to it; drop the copies."""
+def retie_identical(model: onnx.ModelProto, copies: dict[str, str],
+                    view: GraphView | None = None) -> int:
+    """Point readers of copies that still equal their original back to it; drop the copies.
+    `view`: a view whose constants still describe the copies (the rewrite's, which edits
+    constants in place), when the caller has one."""
     if not copies:
         return 0
-    view = GraphView(model)
+    view = view if view is not None else GraphView(model)
     back: dict[str, str] = {}
     for copy, orig in copies.items():
         if copy not in view.consts or orig not in view.consts:
