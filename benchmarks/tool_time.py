@@ -1,487 +1,274 @@
-"""Wall-clock cost of pruning ResNet-50: graphprune vs. Torch-Pruning vs. the ONNX I/O floor.
+"""Wall-clock cost of a default prune (validation on), as ratios to the ONNX I/O floor.
 
 Usage::
 
-    python benchmarks/tool_time.py [--repeats 3] [--warmup 1] [--ratio 0.3]
-                                   [--out benchmarks/results/tool_time.json] [--refresh]
+    pip install transformers torch-pruning==1.6.0        # BERT export, Torch-Pruning row
+    python benchmarks/tool_time.py [--models resnet50,bert_base,llama_1gb] [--repeats 3]
+                                   [--ratio 0.3] [--no-tp] [--out benchmarks/results/tool_time.json]
 
-One run measures, on this machine and in this process:
+For every model, one run measures round-robin (so load drifting on a shared machine hits every
+case alike, and the ratios stay meaningful):
 
-``io_floor``
-    ``onnx.load`` + ``onnx.save`` of the exported ResNet-50: the least any tool
-    that reads an ONNX file and writes one back can spend.
-``graphprune``
-    ``graphprune.prune(path, ratio, criterion="magnitude")`` followed by
-    ``PruneResult.save``: load, analyze, score, select, rewrite, validate, write.
-    Measured with validation on and, when ``prune`` accepts ``validate=False``,
-    with validation off.  The per-phase breakdown comes from
-    ``report["timings_s"]``.
-``torch_pruning``
-    Torch-Pruning 1.6 on the same ``models.zoo`` definition:
-    ``MetaPruner(GroupMagnitudeImportance(p=2), pruning_ratio, ignored_layers=[fc])``
-    construction (dependency-graph tracing) plus ``pruner.step()``, on a fresh
-    model each repeat.  Building the model is timed separately and excluded.
+``floor (process)``
+    a fresh Python process doing ``onnx.save(onnx.load(src), dst)`` (external data in and out for
+    the external-data model): what any tool that reads and writes an ONNX file pays, interpreter
+    and imports included.
+``graphprune (process)``
+    ``graphprune src -o dst --quiet``: the default prune as a CI step pays it.
+``floor (in process)`` / ``graphprune (in process)`` / ``graphprune, validate=False``
+    the same inside this process (imports already paid): ``onnx.load`` + ``onnx.save`` and
+    ``graphprune.prune(src, ratio, defer_validation=True)`` + ``PruneResult.save`` (what the
+    command line does: the model is validated from the file it writes); "validated in memory" is
+    the API's default ``prune()`` (validated before it returns, one more serialization) + save.
+``Torch-Pruning 1.6``
+    (ResNet-50 only) ``MetaPruner(GroupMagnitudeImportance(p=2))`` construction plus
+    ``step()`` on the same ``models.zoo`` definition; building the module is excluded.
 
-Every figure is the median over ``--repeats`` timed runs, taken round-robin
-across the tools (all runs are kept in the JSON).  ``--warmup`` runs per tool
-come first and are left out of the medians; the first of them is reported as
-the tool's first call in the process (lazy initialisation included, except what
-a tool measured earlier already paid for).  The load average before and after
-is recorded because other work on the machine skews every figure.
-
-Parameter counts before and after pruning are reported for both tools so the
-equal-ratio comparison is visible: graphprune counts ONNX initializers
-(BatchNorm already folded into the convs by the exporter), Torch-Pruning counts
-``nn.Module`` parameters (BatchNorm kept).
-
-The exported model is cached in ``benchmarks/results/cache/`` (ignored by git);
-``--refresh`` re-exports it.
+Models: ``resnet50`` (``models.zoo``, legacy export, BatchNorm folded, 102 MB), ``bert_base``
+(random-init BertModel with BERT-base widths, 12 layers, dynamo export, input_ids [B, S]) and
+``llama_1gb`` (``benchmarks.make_big_llama``: a LLaMA-shaped graph with 1 GB of fp32 weights in
+an external data file). Exports are cached in ``benchmarks/results/cache/``. Medians of
+``--repeats`` timed runs after one warm-up run per case; the load average before and after is
+recorded because other work on the machine skews every figure.
 """
-
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import os
-import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
-import torch  # noqa: E402
 
 import graphprune  # noqa: E402
-from graphprune.pipeline.state import PHASES  # noqa: E402
-from models.export import LEGACY_OPSET, export_model  # noqa: E402
-from models.zoo import INPUT_SHAPES, build  # noqa: E402
 
-MODEL_NAME = "resnet50"
-EXPORTER = "legacy"
-CACHE_DIR = REPO_ROOT / "benchmarks" / "results" / "cache"
-DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tool_time.json"
-
-#: Targets the benchmark reports against (never enforced).
-TARGET_IO_MULTIPLE = 3.0
+CACHE = ROOT / "benchmarks" / "results" / "cache"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "tool_time.json"
 
 
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ models
+def resnet50() -> Path:
+    from models.export import export_model
+
+    path = CACHE / "resnet50.legacy.onnx"
+    if not path.exists():
+        export_model("resnet50", path, "legacy")
+    return path
 
 
-def _stats(samples: list[float]) -> dict[str, Any]:
-    """Median, min, max and the raw samples (seconds, rounded to 0.1 ms)."""
-    return {
-        "median": round(statistics.median(samples), 4),
-        "min": round(min(samples), 4),
-        "max": round(max(samples), 4),
-        "runs": [round(s, 4) for s in samples],
-    }
+def bert_base() -> Path:
+    path = CACHE / "tool_time_bert_base.onnx"
+    if path.exists():
+        return path
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from benchmarks._ort_utils import export_dynamo
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            return self.model(input_ids, return_dict=False)[0]
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, vocab_size=30522, attn_implementation="eager")
+    module = Encoder(BertModel(cfg, add_pooling_layer=False)).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return export_dynamo(module, (torch.randint(0, 30522, (2, 16)),), path, ["input_ids"],
+                         refresh=True)
 
 
-@dataclass
-class Case:
-    """One measured tool: a self-timing ``run`` and a ``summarize`` of its samples.
+def llama_1gb() -> Path:
+    from benchmarks import make_big_llama as mb
 
-    ``run`` times itself (so setup it needs, such as building a fresh model, can
-    be kept out of the measured span) and returns ``{label: seconds, ...}``;
-    ``summarize(warm, timed)`` turns the warm-up and timed samples into the
-    JSON entry for the tool.
-    """
-
-    name: str
-    run: Callable[[], dict[str, float]]
-    summarize: Callable[[list[dict[str, float]], list[dict[str, float]]], dict[str, Any]]
+    folder = CACHE / "tool_time_llama_1gb"
+    path = folder / "llama_1gb.onnx"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    hidden, heads, mlp, vocab = 1024, 16, 2816, 8192
+    return mb.build(path, mb.layers_for(1.0, hidden, mlp, vocab), hidden, heads, mlp, vocab)
 
 
-def run_cases(cases: list[Case], repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
-    """Warm every case up, then time them round-robin; return each case's summary.
-
-    Interleaving the timed repeats (case A, B, C, A, B, C, ...) spreads any
-    background load on the machine over all tools instead of penalising
-    whichever one happened to run during it.  Warm-up runs are left out of the
-    medians, but the first one is kept as the cost of a first call in a fresh
-    process (lazy imports, allocator and kernel initialisation).  A garbage
-    collection runs before each call so earlier runs' garbage is not charged
-    to later ones.
-    """
-    warm: dict[str, list[dict[str, float]]] = {c.name: [] for c in cases}
-    timed: dict[str, list[dict[str, float]]] = {c.name: [] for c in cases}
-    for case in cases:
-        print(f"warm-up: {case.name}", flush=True)
-        for _ in range(warmup):
-            gc.collect()
-            warm[case.name].append(case.run())
-    for i in range(repeats):
-        print(f"repeat {i + 1}/{repeats}", flush=True)
-        for case in cases:
-            gc.collect()
-            timed[case.name].append(case.run())
-    return {c.name: c.summarize(warm[c.name], timed[c.name]) for c in cases}
+MODELS: dict[str, Callable[[], Path]] = {"resnet50": resnet50, "bert_base": bert_base,
+                                         "llama_1gb": llama_1gb}
 
 
-def _column(results: list[dict[str, float]], key: str) -> dict[str, Any]:
-    return _stats([r[key] for r in results])
+def external(path: Path) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL
+               for t in onnx.load(str(path), load_external_data=False).graph.initializer)
 
 
-def _first(warm: list[dict[str, float]], key: str = "total") -> float | None:
-    """The first warm-up run's value (``None`` without warm-up)."""
-    return round(warm[0][key], 4) if warm else None
-
-
-def _load_average() -> list[float] | None:
-    """1/5/15-minute load averages: other work on the machine skews every timing."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo, falling back to ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """Hardware and library versions the numbers were taken with."""
-    import torch_pruning
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_pruning": getattr(torch_pruning, "__version__", _dist_version("torch-pruning")),
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "graphprune": graphprune.__version__,
-    }
-
-
-def _dist_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-# ---------------------------------------------------------------------------
-# Model export (cached)
-# ---------------------------------------------------------------------------
-
-
-def exported_model(refresh: bool = False) -> tuple[Path, float | None]:
-    """Path of the ResNet-50 legacy (opset 17) export, exporting it if not cached.
-
-    Returns the path and the export time in seconds (``None`` when cached).
-    """
-    path = CACHE_DIR / f"{MODEL_NAME}.{EXPORTER}.onnx"
-    if path.exists() and not refresh:
-        return path, None
+# ------------------------------------------------------------------------------ cases
+def floor_inproc(src: Path, dst: Path, ext: bool) -> float:
     t0 = time.perf_counter()
-    export_model(MODEL_NAME, path, EXPORTER)
-    return path, time.perf_counter() - t0
+    m = onnx.load(str(src))
+    onnx.save(m, str(dst), save_as_external_data=ext, location=dst.name + ".data")
+    return time.perf_counter() - t0
 
 
-# ---------------------------------------------------------------------------
-# Measurements
-# ---------------------------------------------------------------------------
+def graphprune_inproc(src: Path, dst: Path, ratio: float, validate: bool = True,
+                      defer: bool = True) -> float:
+    t0 = time.perf_counter()
+    res = graphprune.prune(str(src), ratio=ratio, validate=validate, defer_validation=defer)
+    res.save(dst)
+    return time.perf_counter() - t0
 
 
-def io_floor_case(src: Path, workdir: Path) -> Case:
-    """``onnx.load`` + ``onnx.save`` of ``src`` into ``workdir``."""
-    dst = workdir / "io_floor.onnx"
-
-    def once() -> dict[str, float]:
-        t0 = time.perf_counter()
-        model = onnx.load(str(src))
-        t1 = time.perf_counter()
-        onnx.save(model, str(dst))
-        t2 = time.perf_counter()
-        return {"total": t2 - t0, "load": t1 - t0, "save": t2 - t1}
-
-    def summarize(warm: list[dict[str, float]], runs: list[dict[str, float]]) -> dict[str, Any]:
-        return {
-            "time_s": _column(runs, "total"),
-            "first_run_s": _first(warm),
-            "load_s": _column(runs, "load"),
-            "save_s": _column(runs, "save"),
-            "file_bytes": src.stat().st_size,
-        }
-
-    return Case("io_floor", once, summarize)
+FLOOR_CODE = ("import sys, onnx; m = onnx.load(sys.argv[1]); ext = sys.argv[3] == '1'; "
+              "onnx.save(m, sys.argv[2], save_as_external_data=ext, "
+              "location=sys.argv[2].rsplit('/', 1)[-1] + '.data')")
 
 
-def prune_accepts_validate_flag() -> bool:
-    """Whether ``graphprune.prune`` takes a ``validate`` option (directly or via its options)."""
-    from graphprune.pipeline.options import PruneOptions
-
-    params = inspect.signature(graphprune.prune).parameters
-    if "validate" in params:
-        return True
-    has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return has_kwargs and "validate" in inspect.signature(PruneOptions).parameters
-
-
-def graphprune_case(src: Path, workdir: Path, ratio: float, validate: bool) -> Case:
-    """End-to-end ``prune`` + ``save`` of ``src``, with the report's per-phase timings."""
-    dst = workdir / f"graphprune_validate_{int(validate)}.onnx"
-    extra = {} if validate else {"validate": False}
-    reports: list[dict] = []
-
-    def once() -> dict[str, float]:
-        t0 = time.perf_counter()
-        res = graphprune.prune(str(src), ratio=ratio, criterion="magnitude", **extra)
-        res.save(dst)
-        total = time.perf_counter() - t0
-        reports[:] = [res.report]
-        timings = res.report["timings_s"]
-        out = {"total": total}
-        out.update({f"phase.{p}": float(timings.get(p, 0.0)) for p in PHASES})
-        out["unattributed"] = total - sum(out[f"phase.{p}"] for p in PHASES)
-        return out
-
-    def summarize(warm: list[dict[str, float]], runs: list[dict[str, float]]) -> dict[str, Any]:
-        report = reports[-1]
-        return {
-            "validate": validate,
-            "time_s": _column(runs, "total"),
-            "first_run_s": _first(warm),
-            "phases_s": {p: _column(runs, f"phase.{p}") for p in PHASES},
-            "unattributed_s": _column(runs, "unattributed"),
-            "params": report["params"],
-            "macs": report["macs"],
-            "file_bytes": report["file_bytes"],
-            "summary": {k: report["summary"][k] for k in
-                        ("groups", "prunable_groups", "pruned_groups", "units_before", "units_after")},
-            "fidelity": report.get("fidelity"),
-        }
-
-    name = "graphprune" if validate else "graphprune_no_validate"
-    return Case(name, once, summarize)
+def _process(cmd: list[str]) -> float:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    t = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {r.stderr.strip()[-500:]}")
+    return t
 
 
-def _count_params(model: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+def floor_process(src: Path, dst: Path, ext: bool) -> float:
+    return _process([sys.executable, "-c", FLOOR_CODE, str(src), str(dst), "1" if ext else "0"])
 
 
-def torch_pruning_case(ratio: float) -> Case:
-    """Torch-Pruning 1.6 ``MetaPruner`` + group-L2 magnitude on a fresh ResNet-50 per run."""
+def graphprune_process(src: Path, dst: Path, ratio: float) -> float:
+    return _process([sys.executable, "-m", "graphprune.cli.main", str(src), "-o", str(dst),
+                     "--ratio", str(ratio), "--quiet"])
+
+
+def torch_pruning_case(ratio: float) -> Callable[[], float]:
+    import torch
     import torch_pruning as tp
 
-    example_inputs = torch.randn(INPUT_SHAPES[MODEL_NAME])
-    state: dict[str, Any] = {}
+    from models.zoo import INPUT_SHAPES, build
 
-    def once() -> dict[str, float]:
+    example = torch.randn(INPUT_SHAPES["resnet50"])
+
+    def once() -> float:
+        model = build("resnet50")
         t0 = time.perf_counter()
-        model = build(MODEL_NAME)
-        t1 = time.perf_counter()
-        params_before = _count_params(model)
-        t2 = time.perf_counter()
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_inputs,
-            importance=tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=ratio,
-            ignored_layers=[model.fc],
-        )
-        t3 = time.perf_counter()
+        pruner = tp.pruner.MetaPruner(model, example,
+                                      importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, ignored_layers=[model.fc])
         pruner.step()
-        t4 = time.perf_counter()
-        state.update(model=model, params_before=params_before)
-        return {"total": t4 - t2, "build_model": t1 - t0, "depgraph": t3 - t2, "step": t4 - t3}
+        return time.perf_counter() - t0
 
-    def summarize(warm: list[dict[str, float]], runs: list[dict[str, float]]) -> dict[str, Any]:
-        # Outside the timed span: check the last pruned model still runs and count its cost.
-        model = state["model"]
-        with torch.no_grad():
-            out_shape = list(model(example_inputs).shape)
-        macs_after, params_after = tp.utils.count_ops_and_params(model, example_inputs)
-        macs_before, _ = tp.utils.count_ops_and_params(build(MODEL_NAME), example_inputs)
-        return {
-            "time_s": _column(runs, "total"),
-            "first_run_s": _first(warm),
-            "depgraph_s": _column(runs, "depgraph"),
-            "step_s": _column(runs, "step"),
-            "build_model_s": _column(runs, "build_model"),
-            "params": {"before": state["params_before"], "after": int(params_after)},
-            "macs": {"before": int(macs_before), "after": int(macs_after)},
-            "output_shape": out_shape,
-        }
-
-    return Case("torch_pruning", once, summarize)
+    return once
 
 
-# ---------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------
+def measure(name: str, ratio: float, repeats: int, tp: bool, work: Path) -> dict:
+    src = MODELS[name]()
+    ext = external(src)
+    d = work / name
+    d.mkdir()
+    cases: dict[str, Callable[[], float]] = {
+        "floor_process": lambda: floor_process(src, d / "floor_p.onnx", ext),
+        "graphprune_process": lambda: graphprune_process(src, d / "gp_p.onnx", ratio),
+        "floor_inproc": lambda: floor_inproc(src, d / "floor_i.onnx", ext),
+        "graphprune_inproc": lambda: graphprune_inproc(src, d / "gp_i.onnx", ratio),
+        "graphprune_inproc_memory": lambda: graphprune_inproc(src, d / "gp_m.onnx", ratio,
+                                                              defer=False),
+        "graphprune_novalidate": lambda: graphprune_inproc(src, d / "gp_n.onnx", ratio, False),
+    }
+    if tp:
+        cases["torch_pruning"] = torch_pruning_case(ratio)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for k, fn in cases.items():  # warm-up (lazy imports, page cache)
+        print(f"  warm-up {name}: {k}", flush=True)
+        gc.collect()
+        fn()
+    for i in range(repeats):
+        print(f"  repeat {i + 1}/{repeats}", flush=True)
+        for k, fn in cases.items():
+            gc.collect()
+            times[k].append(fn())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = graphprune.prune(str(src), ratio=ratio)
+    return {"model": name, "path": str(src), "external_data": ext,
+            "file_bytes": src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(
+                src.name + "*.data")),
+            "median_s": {k: round(v, 4) for k, v in med.items()},
+            "runs_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+            "ratios": {
+                "process": round(med["graphprune_process"] / med["floor_process"], 3),
+                "in_process": round(med["graphprune_inproc"] / med["floor_inproc"], 3),
+                "in_process_validate_in_memory": round(med["graphprune_inproc_memory"]
+                                                       / med["floor_inproc"], 3),
+                "in_process_no_validate": round(med["graphprune_novalidate"]
+                                                / med["floor_inproc"], 3),
+                **({"torch_pruning_over_graphprune": round(
+                    med["torch_pruning"] / med["graphprune_inproc"], 3)} if tp else {})},
+            "phases_s": res.report["timings_s"],
+            "params": res.report["params"]}
 
 
-def _fmt_params(params: dict[str, int] | None) -> str:
-    if not params:
-        return "-"
-    before, after = params["before"], params["after"]
-    return f"{after / 1e6:.2f} M ({after / before:.1%} of {before / 1e6:.2f} M)"
-
-
-def markdown_tables(results: dict[str, Any]) -> str:
-    """The summary table (tool | time | ratio to load+save | params after) and phase table."""
-    floor = results["io_floor"]["time_s"]["median"]
-    rows = [("onnx.load + onnx.save (I/O floor)", results["io_floor"], None)]
-    gp_rows = [("graphprune (validate on)", results["graphprune"])]
-    if results.get("graphprune_no_validate"):
-        gp_rows.append(("graphprune (validate off)", results["graphprune_no_validate"]))
-    rows += [(label, r, r["params"]) for label, r in gp_rows]
-    rows.append(("Torch-Pruning 1.6 (DepGraph + step)", results["torch_pruning"],
-                 results["torch_pruning"]["params"]))
-
-    lines = ["| tool | time (s) | ratio to load+save | params after | first call (s) |",
-             "|---|---:|---:|---|---:|"]
-    for label, r, params in rows:
-        t = r["time_s"]["median"]
-        first = "-" if r["first_run_s"] is None else f"{r['first_run_s']:.3f}"
-        lines.append(f"| {label} | {t:.3f} | {t / floor:.2f}x | {_fmt_params(params)} | {first} |")
-    lines += ["", "time: median of the timed runs; first call: the tool's first (warm-up) "
-                  "run in this process, not included in the median."]
-
-    lines += ["", "graphprune per phase (median s; `report['timings_s']`):", ""]
-    header = "| phase | " + " | ".join(label for label, _ in gp_rows) + " |"
-    lines += [header, "|---|" + "---:|" * len(gp_rows)]
-    for phase in PHASES:
-        cells = []
-        for _, r in gp_rows:
-            med = r["phases_s"][phase]["median"]
-            share = med / r["time_s"]["median"] if r["time_s"]["median"] else 0.0
-            cells.append(f"{med:.3f} ({share:.0%})")
-        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
-    cells = [f"{r['unattributed_s']['median']:.3f}" for _, r in gp_rows]
-    lines.append("| (outside phases) | " + " | ".join(cells) + " |")
-
-    tpr = results["torch_pruning"]
-    lines += ["", f"Torch-Pruning: DepGraph {tpr['depgraph_s']['median']:.3f} s, "
-                  f"step {tpr['step_s']['median']:.3f} s; model construction "
-                  f"{tpr['build_model_s']['median']:.3f} s (excluded)."]
+def table(rows: list[dict]) -> str:
+    lines = ["| model | size | floor process | graphprune process | ÷ | floor in process | "
+             "graphprune in process | ÷ | validated in memory ÷ | validate off ÷ | "
+             "Torch-Pruning |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        m, q = r["median_s"], r["ratios"]
+        tp = f"{m['torch_pruning']:.2f} s" if "torch_pruning" in m else "–"
+        lines.append(f"| {r['model']} | {r['file_bytes'] / 1e6:,.0f} MB | "
+                     f"{m['floor_process']:.2f} s | {m['graphprune_process']:.2f} s | "
+                     f"{q['process']:.2f}× | {m['floor_inproc']:.2f} s | "
+                     f"{m['graphprune_inproc']:.2f} s | {q['in_process']:.2f}× | "
+                     f"{q['in_process_validate_in_memory']:.2f}× | "
+                     f"{q['in_process_no_validate']:.2f}× | {tp} |")
     return "\n".join(lines)
 
 
-def target_lines(results: dict[str, Any]) -> list[str]:
-    """Human-readable verdicts for the two targets."""
-    checks = results["targets"]
-    gp = checks["graphprune_s"]
-    return [
-        f"target graphprune <= {TARGET_IO_MULTIPLE:g}x load+save: "
-        f"{gp:.3f} s vs {checks['io_limit_s']:.3f} s -> "
-        f"{'met' if checks['within_io_multiple'] else 'NOT met'} "
-        f"({checks['io_multiple']:.2f}x)",
-        f"target graphprune faster than Torch-Pruning: {gp:.3f} s vs "
-        f"{checks['torch_pruning_s']:.3f} s -> "
-        f"{'met' if checks['faster_than_torch_pruning'] else 'NOT met'} "
-        f"({checks['speedup_vs_torch_pruning']:.2f}x)",
-    ]
-
-
-# ---------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per tool before timing")
-    parser.add_argument("--ratio", type=float, default=0.3, help="pruning ratio for both tools")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    parser.add_argument("--refresh", action="store_true", help="re-export the cached ONNX model")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
-        parser.error("--repeats must be >= 1 and --warmup >= 0")
-
-    src, export_s = exported_model(args.refresh)
-    print(f"model: {src.relative_to(REPO_ROOT)} ({src.stat().st_size / 1e6:.1f} MB, "
-          + (f"exported in {export_s:.1f} s)" if export_s is not None else "cached)"), flush=True)
-
-    results: dict[str, Any] = {
-        "benchmark": "tool_time",
-        "model": {"name": MODEL_NAME, "exporter": EXPORTER, "opset": LEGACY_OPSET,
-                  "input_shape": list(INPUT_SHAPES[MODEL_NAME]), "path": str(src.relative_to(REPO_ROOT)),
-                  "export_s": None if export_s is None else round(export_s, 3)},
-        "ratio": args.ratio,
-        "criterion": "magnitude",
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "machine": machine_info(),
-    }
-
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "tool_time", "ratio": args.ratio, "repeats": args.repeats,
+              "cpus": os.cpu_count(), "load_average_before": list(os.getloadavg()),
+              "graphprune": graphprune.__version__, "models": []}
     with tempfile.TemporaryDirectory(prefix="graphprune-tool-time-") as tmp:
-        workdir = Path(tmp)
-        cases = [io_floor_case(src, workdir), graphprune_case(src, workdir, args.ratio, validate=True)]
-        if prune_accepts_validate_flag():
-            cases.append(graphprune_case(src, workdir, args.ratio, validate=False))
-        cases.append(torch_pruning_case(args.ratio))
-        results["machine"]["load_average_before"] = _load_average()
-        results.update(run_cases(cases, args.repeats, args.warmup))
-        results["machine"]["load_average_after"] = _load_average()
-    results.setdefault("graphprune_no_validate", None)
-
-    floor = results["io_floor"]["time_s"]["median"]
-    gp = results["graphprune"]["time_s"]["median"]
-    tpt = results["torch_pruning"]["time_s"]["median"]
-    results["targets"] = {
-        "graphprune_s": gp,
-        "io_floor_s": floor,
-        "io_limit_s": round(TARGET_IO_MULTIPLE * floor, 4),
-        "io_multiple": round(gp / floor, 3),
-        "within_io_multiple": gp <= TARGET_IO_MULTIPLE * floor,
-        "torch_pruning_s": tpt,
-        "speedup_vs_torch_pruning": round(tpt / gp, 3),
-        "faster_than_torch_pruning": gp < tpt,
-    }
-
-    machine = results["machine"]
+        for name in names:
+            print(f"{name}:", flush=True)
+            tp = name == "resnet50" and not args.no_tp
+            result["models"].append(measure(name, args.ratio, args.repeats, tp, Path(tmp)))
+    result["load_average_after"] = list(os.getloadavg())
     print()
-    print(f"machine: {machine['cpus_usable']} CPUs ({machine['cpu_model']}), python {machine['python']}, "
-          f"torch {machine['torch']}, onnx {machine['onnx']}, onnxruntime {machine['onnxruntime']}; "
-          f"load average before/after: {machine['load_average_before']} / "
-          f"{machine['load_average_after']}")
-    print()
-    print(markdown_tables(results))
-    print()
-    print("\n".join(target_lines(results)))
-
+    print(table(result["models"]))
+    print(f"\nload average before {result['load_average_before']}, "
+          f"after {result['load_average_after']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    return 0
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

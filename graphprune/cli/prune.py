@@ -118,7 +118,7 @@ def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, t
                     target_params=target_params,
                     round_to=round_to, min_keep=min_keep, protect=list(protect), seed=seed,
                     dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json),
-                    in_memory=measure, **_calib_options(criterion, calib, calib_random,
+                    in_memory=measure, defer_validation=not measure, **_calib_options(criterion, calib, calib_random,
                                                         preprocess, labels, compensate,
                                                         calib_text, tokenizer, seq_len,
                                                         drop_blocks))

@@ -115,7 +115,8 @@ def _run(state: PruneState, stages: tuple[Stage, ...]) -> None:
 
 def result_of(state: PruneState) -> PruneResult:
     src = state.source
-    pending = state.reference if (src.lazy and state.options.validate) else None
+    pending = state.reference if (state.options.validate and (
+        src.lazy or state.defer_validation)) else None
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
                        scores=state.scores, source_files=list(src.files))
@@ -123,7 +124,7 @@ def result_of(state: PruneState) -> PruneResult:
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
           progress: Callable[[str], None] | None = None, in_memory: bool = False,
-          **options) -> PruneResult:
+          defer_validation: bool = False, **options) -> PruneResult:
     """Prune a model (path or ModelProto). Returns the pruned ModelProto and the report.
 
     Options: see `PruneOptions` (global_rank, round_to, min_keep, protect, seed, validate,
@@ -133,11 +134,14 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
     Weights a model file keeps in external data are read one tensor at a time and never all
     held in memory; such a model is validated when the result is saved (see `PruneResult`).
     `in_memory` loads every weight instead (needed to run the pruned model from memory).
+    `defer_validation` validates every model that way, when `PruneResult.save` writes it (the
+    model is serialized once, for the file; the command line does this, as it always saves).
     """
     opts = PruneOptions(ratio=ratio, criterion=criterion, **options)
     opts.check()
     state = PruneState(model, opts, TapRunner(), progress=progress,
-                       in_memory=in_memory or s.needs_weights_in_memory(opts))
+                       in_memory=in_memory or s.needs_weights_in_memory(opts),
+                       defer_validation=defer_validation)
     return result_of(run_stages(state))
 
 

@@ -47,7 +47,8 @@ class PruneResult:
 
             def check(tmp: str) -> None:
                 t1 = time.perf_counter()
-                self.report["fidelity"] = runtime_validate.validate_file(tmp, ref)
+                self.report["fidelity"] = runtime_validate.validate_file(
+                    tmp, ref, low_memory=self.store is not None)
                 spent["validate"] = time.perf_counter() - t1
 
         token = WEIGHTS.set(self.store)

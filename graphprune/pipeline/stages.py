@@ -189,7 +189,7 @@ def validating(state: PruneState) -> bool:
 
 
 def validating_in_memory(state: PruneState) -> bool:
-    return state.options.validate and not state.source.lazy
+    return state.options.validate and not (state.source.lazy or state.defer_validation)
 
 
 def calibrating(state: PruneState) -> bool:

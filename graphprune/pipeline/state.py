@@ -50,6 +50,7 @@ class PruneState:
     options: PruneOptions
     runner: Runner
     in_memory: bool = False  # load every weight (passes run the edited model from memory)
+    defer_validation: bool = False  # validate when the result is written, from its files
     progress: Callable[[str], None] | None = None
     source: Source | None = None
     reference: object = None  # the original's outputs on the validation inputs (a Reference)

@@ -96,10 +96,18 @@ def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: in
     return _compare(run_.result(), ref)
 
 
-def validate_file(path: str, ref: Reference) -> dict:
-    """All checks on a written model file (its external data beside it)."""
-    check_model(str(path))
-    return _compare(_start_pruned(str(path), ref[0], low_memory=True).result(), ref)
+def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True) -> dict:
+    """All checks on a written model file (its external data beside it): the ONNX checker on
+    the file while ONNX Runtime runs it in a child."""
+    if isinstance(ref, Pending):
+        ref = ref.result()
+    run_ = _start_pruned(str(path), ref[0], low_memory=low_memory)
+    try:
+        check_model(str(path))
+    except BaseException:
+        run_.cancel()
+        raise
+    return _compare(run_.result(), ref)
 
 
 def _start_pruned(pruned, feeds: dict, low_memory: bool) -> Pending:
