@@ -85,35 +85,29 @@ def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: in
     ONNX Runtime runs the pruned model in a child."""
     if ref is None:
         ref = reference(original, seed, original_sess=original_sess)
-    if isinstance(ref, Pending):
-        ref = ref.result()
-    run_ = _start_pruned(pruned, ref[0], low_memory=False)
-    try:
-        check_model(inference_copy(pruned))
-    except BaseException:
-        run_.cancel()
-        raise
-    return _compare(run_.result(), ref)
+    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=False)
 
 
 def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True) -> dict:
     """All checks on a written model file (its external data beside it): the ONNX checker on
     the file while ONNX Runtime runs it in a child."""
+    return _checked_run(str(path), str(path), ref, low_memory)
+
+
+def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool) -> dict:
+    """ONNX Runtime runs `pruned` in a child on the reference's inputs while the ONNX checker
+    checks `checked` here; then the outputs are compared with the reference."""
     if isinstance(ref, Pending):
         ref = ref.result()
-    run_ = _start_pruned(str(path), ref[0], low_memory=low_memory)
+    run_ = start(_run_pruned, pruned, ref[0], low_memory,
+                 crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
+                                                   "pruned model"))
     try:
-        check_model(str(path))
+        check_model(checked)
     except BaseException:
         run_.cancel()
         raise
     return _compare(run_.result(), ref)
-
-
-def _start_pruned(pruned, feeds: dict, low_memory: bool) -> Pending:
-    return start(_run_pruned, pruned, feeds, low_memory,
-                 crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
-                                                   "pruned model"))
 
 
 def _compare(out: dict, ref: Reference) -> dict:
