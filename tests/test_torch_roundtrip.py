@@ -85,3 +85,68 @@ def test_core_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_fresh_batchnorm_with_equal_bias_and_mean_round_trips():
+    """A fresh BatchNorm's zero bias and zero running mean are equal values: the export must not
+    merge them into one tensor (the other would be an untied copy without a parameter)."""
+    nn = torch.nn
+    module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                           nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                           nn.Flatten(), nn.Linear(32, 10)).eval()
+    module, res = prune_module(module, (torch.randn(2, 3, 16, 16),), ratio=0.3)
+    assert module[0].out_channels == module[1].num_features == 12
+    assert module[1].running_mean.shape == (12,) and module[3].out_channels == 23
+
+
+def test_shared_parameter_maps_back_through_its_untied_copy():
+    """A layer applied twice reads one parameter from two nodes; the analysis unties it into
+    `name__use1`, which maps back to the same parameter when both keep the same positions."""
+    nn = torch.nn
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.body = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            x = torch.relu(self.body(x)) + x
+            x = torch.relu(self.body(x)) + x
+            return self.head(x.mean((2, 3)))
+
+    module = Twice().eval()
+    x = torch.randn(2, 3, 8, 8)
+    module, res = prune_module(module, (x,), ratio=0.5)
+    assert module.body.out_channels == module.stem.out_channels == 4
+    np.testing.assert_allclose(module(x).detach().numpy(), onnx_out(res.model, x), atol=1e-4)
+
+
+ZOO = sorted(set(zoo.MODELS) - set(zoo.ON_DEMAND))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name", ZOO)
+def test_round_trip_on_every_bundled_model(name, mode):
+    """Every bundled model definition, handed over in eval or train mode: the pruned module
+    reproduces the pruned ONNX model, keeps its mode, or (a forward that hard-codes sizes) is
+    restored unchanged with a clear error."""
+    module = zoo.build(name)
+    module.train(mode == "train")
+    x = zoo.example_input(name)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    try:
+        module, res = prune_module(module, x, ratio=0.3)
+    except RuntimeError as e:
+        assert name == "shufflenetv2_tiny" and "hard-codes" in str(e)
+        assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+        return
+    assert module.training == (mode == "train")
+    assert res.report["params"]["after"] < res.report["params"]["before"]
+    module.eval()
+    x2 = zoo.example_input(name, seed=7)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(x2).numpy(), onnx_out(res.model, x2), atol=1e-4,
+                                   rtol=1e-4)

@@ -119,7 +119,8 @@ def result_of(state: PruneState) -> PruneResult:
         src.lazy or state.defer_validation)) else None
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
-                       scores=state.scores, source_files=list(src.files))
+                       scores=state.scores, source_files=list(src.files),
+                       copies=dict(state.copies or {}))
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",

@@ -35,6 +35,7 @@ class PruneResult:
     external: bool = False  # the input kept its weights in external data: so does the output
     scores: dict = field(default_factory=dict)  # group id -> the criterion's unit scores
     source_files: list | None = None  # the input's external data files, when known
+    copies: dict = field(default_factory=dict)  # untied constant copy -> the constant it copies
 
     def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
         t0 = time.perf_counter()

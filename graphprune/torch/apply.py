@@ -85,27 +85,47 @@ def restore(snap: list) -> None:
         m.__dict__.update(attrs)
 
 
+def _add_cut(cuts: dict, name: str, axis: int, pos) -> None:
+    for a, p in cuts.get(name, []):
+        if a == axis:
+            if len(p) != len(pos) or (p != pos).any():
+                raise MappingError(
+                    f"'{name}' (axis {axis}) is shared by layers the plan shrinks differently; "
+                    f"the module holds one tensor for them. Protect it with "
+                    f"protect=['{name}*'] or prune the ONNX model instead")
+            return
+    cuts.setdefault(name, []).append((axis, pos))
+
+
 def apply_plan(module: nn.Module, result) -> nn.Module:
     """Shrink `module` in place to match `result` (a PruneResult of its `export_onnx` graph).
 
+    A constant the analysis untied (`name__useK`, one copy per extra reader of a tensor the
+    module shares between layers) maps back to the tensor it copies; the module can follow only
+    when every reader keeps the same positions of it.
+
     Raises MappingError, before changing anything, when a shrinking tensor is not a parameter
-    or buffer (e.g. a constant the exporter computed), since the module could not follow.
+    or buffer (e.g. a constant the exporter computed), or when a shared parameter would have to
+    shrink differently for its readers, since the module could not follow.
     """
     keep = keep_positions(result.graph, result.plan)
     by_name, holders = _owners(module)
+    copies = getattr(result, "copies", None) or {}
     cuts: dict[str, list] = {}
     for gid in result.plan.keep:
         for mem in result.graph.groups[gid].members:
             pos = keep.get((mem.tensor, mem.axis))
             if pos is None:
                 continue
-            if mem.tensor not in by_name:
+            name = mem.tensor
+            while name not in by_name and name in copies:
+                name = copies[name]
+            if name not in by_name:
                 raise MappingError(
                     f"'{mem.tensor}' (axis {mem.axis}) shrinks in the ONNX graph but is not a "
                     f"parameter or buffer of the module (an exporter-made constant?); "
                     f"protect it with protect=['{mem.tensor}'] or prune the ONNX model instead")
-            if all(a != mem.axis for a, _ in cuts.get(mem.tensor, [])):
-                cuts.setdefault(mem.tensor, []).append((mem.axis, pos))
+            _add_cut(cuts, name, mem.axis, pos)
     with torch.no_grad():
         for name, axis_cuts in cuts.items():
             old = by_name[name]
