@@ -69,3 +69,65 @@ def unit_param_costs(dg: DependencyGraph, g: Group) -> np.ndarray:
         per_position = c.numel // max(int(c.shape[ax]), 1)
         cost += np.bincount(units, minlength=g.n_units)[:g.n_units] * per_position
     return cost
+
+
+def node_macs(view: GraphView) -> list[tuple[onnx.NodeProto, int]]:
+    """MACs of every node that has them (what `count_macs` sums)."""
+    out = []
+    for node in view.graph.node:
+        r = lookup(node.op_type, node.domain)
+        if r is None or any(n and view.shape(n) is None for n in node.input if n):
+            continue
+        try:
+            m = int(r.macs(MacsContext(view, node)))
+        except (IndexError, TypeError, ValueError):
+            continue
+        if m:
+            out.append((node, m))
+    return out
+
+
+class MacsModel:
+    """MACs of the model as a function of the units each group keeps.
+
+    A node's MACs are taken as proportional to the kept fraction of every group that has an
+    axis on one of its tensors (an output axis when there is one, else an input axis): exact
+    for convolutions and matrix products (input × output channels), elementwise ops, pooling
+    and norms. `unit_costs(g)` are the first-order costs of `g`'s units (the MACs one unit
+    carries while every other group keeps its width)."""
+
+    def __init__(self, dg: DependencyGraph):
+        self.total = 0
+        self.terms: list[tuple[int, list[tuple[int, np.ndarray]]]] = []
+        for node, m in node_macs(dg.view):
+            self.total += m
+            axes: dict[int, np.ndarray] = {}
+            for name in list(node.output) + list(node.input):
+                for a in range(dg.view.rank(name) or 0) if name else ():
+                    g = dg.group_for(name, a)
+                    if g is None or not g.prunable or g.id in axes:
+                        continue
+                    units = g.unit_of.get((name, a))
+                    if units is not None and len(units):
+                        axes[g.id] = np.bincount(units, minlength=g.n_units)[:g.n_units] / len(units)
+            if axes:
+                self.terms.append((m, list(axes.items())))
+
+    def unit_costs(self, g: Group) -> np.ndarray:
+        cost = np.zeros(g.n_units)
+        for m, axes in self.terms:
+            for gid, share in axes:
+                if gid == g.id:
+                    cost += m * share
+        return cost
+
+    def removed(self, keep: dict[int, np.ndarray]) -> float:
+        """MACs removed when each group `gid` keeps the units `keep[gid]` (others all)."""
+        gone = 0.0
+        for m, axes in self.terms:
+            kept = 1.0
+            for gid, share in axes:
+                if gid in keep:
+                    kept *= float(share[keep[gid]].sum())
+            gone += m * (1.0 - kept)
+        return gone

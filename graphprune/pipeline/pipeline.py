@@ -20,7 +20,7 @@ from ..ir import WEIGHTS
 from ..runtime.isolate import Pending
 from ..runtime.taps import TapRunner
 from ..transforms.untie import untie_shared_constants
-from . import stages as s
+from . import plans, stages as s
 from .options import PruneOptions
 from .report import build_report
 from .result import PruneResult
@@ -113,6 +113,13 @@ def _run(state: PruneState, stages: tuple[Stage, ...]) -> None:
             WEIGHTS.reset(token)
 
 
+def plan_document(state: PruneState) -> dict:
+    """The run's plan as a JSON-ready document (see `graphprune.pipeline.plans`)."""
+    options = {"criterion": state.options.criterion_name, **(state.report or {}).get("target", {})}
+    return plans.document(state.graph, state.plan, state.fingerprint, options, state.blocks,
+                          state.source.path)
+
+
 def result_of(state: PruneState) -> PruneResult:
     src = state.source
     pending = state.reference if (state.options.validate and (
@@ -120,7 +127,7 @@ def result_of(state: PruneState) -> PruneResult:
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
                        scores=state.scores, source_files=list(src.files),
-                       copies=dict(state.copies or {}))
+                       copies=dict(state.copies or {}), plan_document=plan_document(state))
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",

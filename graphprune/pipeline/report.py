@@ -22,6 +22,7 @@ def build_report(state: PruneState) -> dict:
             "size_after": len(plan.keep[g.id]) if g.id in plan.keep else g.n_units,
             "members": [f"{m.tensor}[{m.axis}]" for m in g.members],
             "frozen_reason": g.frozen_reason,
+            "kept": plan.keep[g.id].tolist() if g.id in plan.keep else None,
         }
         s = state.scores.get(g.id)
         if s is not None and len(s):
@@ -33,10 +34,13 @@ def build_report(state: PruneState) -> dict:
         "graphprune_version": __version__,
         "input": src.path,
         "output": None,
-        "criterion": opts.criterion,
-        "target": {"ratio": opts.ratio, "params": opts.target_params, "dims": list(opts.dims),
-                   "global": opts.global_rank, "round_to": opts.round_to,
-                   "min_keep": opts.min_keep, "protect": list(opts.protect), "seed": opts.seed},
+        "criterion": opts.criterion_name,
+        "target": {"ratio": opts.ratio, "params": opts.target_params, "macs": opts.target_macs,
+                   "dims": list(opts.dims), "global": opts.global_rank,
+                   "round_to": opts.round_to, "min_keep": opts.min_keep,
+                   "max_ratio": opts.max_ratio, "ratio_for": dict(opts.ratio_for),
+                   "protect": list(opts.protect), "protect_op": list(opts.protect_op),
+                   "steps": opts.steps, "seed": opts.seed},
         "params": {"before": state.before["params"], "after": state.after["params"]},
         "macs": {"before": state.before["macs"], "after": state.after["macs"]},
         "file_bytes": {"before": src.in_bytes, "after": approx_bytes(src.work)},

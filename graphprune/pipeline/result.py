@@ -36,6 +36,18 @@ class PruneResult:
     scores: dict = field(default_factory=dict)  # group id -> the criterion's unit scores
     source_files: list | None = None  # the input's external data files, when known
     copies: dict = field(default_factory=dict)  # untied constant copy -> the constant it copies
+    plan_document: dict | None = None  # the kept units of every group, as --save-plan writes
+
+    @property
+    def prune_plan(self):
+        """The run's plan as an editable `PrunePlan` (for `graphprune.apply`)."""
+        from .plans import PrunePlan
+
+        return PrunePlan(self.plan_document)
+
+    def save_plan(self, path: str | os.PathLike) -> Path:
+        """Write the plan (every group's kept units and the model's fingerprint) as JSON."""
+        return self.prune_plan.save(path)
 
     def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
         t0 = time.perf_counter()

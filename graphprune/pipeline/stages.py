@@ -8,11 +8,12 @@ from pathlib import Path
 import onnx
 
 from ..analysis.build import analyze as analyze_graph
-from ..analysis.cost import count_macs, count_params
+from ..analysis.cost import MacsModel, count_macs, count_params, unit_param_costs
 from ..calibration.data import load_calibration as load_samples
 from ..calibration.stats import build_context
 from ..calibration.text import text_calibration
 from ..criteria import CRITERIA
+from ..criteria.custom import from_callable
 from ..errors import UserError
 from ..ir import GraphView
 from ..ir.fold import static_view
@@ -25,8 +26,10 @@ from ..runtime.probe import probe_shapes
 from ..transforms import depth
 from ..transforms.compensate import compensate as compensate_plan
 from ..transforms.rewrite import rewrite as rewrite_plan
-from ..transforms.select import apply_protect, select as select_units
+from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
+                                 select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
+from .plans import fingerprint, plan_from
 from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode
 from .state import PruneState, Source
 
@@ -79,6 +82,7 @@ def prepare(state: PruneState) -> None:
     work = state.source.work
     view = GraphView(work)
     params = count_params(view)
+    state.fingerprint = fingerprint(work)
     state.copies = untie_shared_constants(work, view)
     state.view = model_view(work)
     state.before = {"params": params, "macs": count_macs(state.view)}
@@ -101,6 +105,16 @@ def drop_blocks(state: PruneState) -> None:
     remove the `drop_blocks` least useful."""
     opts, work = state.options, state.source.work
     blocks = depth.find_residual_blocks(state.view)
+    if opts.plan is not None:  # the blocks a plan names, without scoring
+        names = set(opts.plan.get("blocks", []))
+        missing = names - {b.add for b in blocks}
+        if missing:
+            raise UserError(f"the plan drops residual block(s) {sorted(missing)}, which this "
+                            "model does not have")
+        depth.drop_blocks(work, [b for b in blocks if b.add in names], len(names))
+        state.view = model_view(work)
+        state.blocks = blocks
+        return
     if opts.drop_blocks > len(blocks):
         raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
                         "residual blocks")
@@ -114,8 +128,9 @@ def drop_blocks(state: PruneState) -> None:
 
 
 def analyze(state: PruneState) -> None:
-    state.graph = analyze_graph(state.view, dims=state.options.dims)
-    apply_protect(state.graph, state.options.protect)
+    opts = state.options
+    state.graph = analyze_graph(state.view, dims=opts.dims)
+    apply_protect(state.graph, opts.protect, opts.protect_op, opts.allow_unmatched)
 
 
 def statistics(state: PruneState) -> None:
@@ -125,7 +140,8 @@ def statistics(state: PruneState) -> None:
     opts, cal = state.options, state.calibration
     # consumer statistics serve the statistics-based criteria and compensation; lrp runs the
     # model itself, magnitude/random need nothing (the samples may be there for depth scoring)
-    stats = opts.criterion in STATS_CRITERIA or compensation_mode(opts) is not None
+    stats = (opts.criterion in STATS_CRITERIA or callable(opts.criterion)
+             or compensation_mode(opts) is not None)
     ctx = build_context(state.graph, cal, state.runner, data_free=opts.criterion == "obspa",
                         stats=stats)
     ctx.source = cal.source if cal is not None else (
@@ -138,26 +154,53 @@ def statistics(state: PruneState) -> None:
 
 
 def score(state: PruneState) -> None:
+    opts = state.options
+    if opts.plan is not None:  # a plan replaces scoring and selection
+        state.scores = {}
+        return
     extra = {"calib_ctx": state.calib_ctx} if state.calib_ctx is not None else {}
-    state.scores = CRITERIA[state.options.criterion](state.graph, seed=state.options.seed,
-                                                     **extra)
+    fn = from_callable(opts.criterion) if callable(opts.criterion) else CRITERIA[opts.criterion]
+    state.scores = fn(state.graph, seed=opts.seed, **extra)
 
 
 def select(state: PruneState) -> None:
-    opts = state.options
-    state.plan = select_units(state.graph, state.scores, opts.ratio,
-                              global_rank=opts.global_rank, round_to=opts.round_to,
-                              min_keep=opts.min_keep, params_budget=params_budget(state))
+    if state.options.plan is not None:
+        state.plan = plan_from(state.options.plan, state.graph, state.fingerprint)
+        return
+    state.plan = select_units(state.graph, state.scores, target(state))
 
 
-def params_budget(state: PruneState) -> float | None:
-    """Parameters width pruning still has to remove for --target-params (blocks dropped by
-    --drop-blocks already count)."""
-    f = state.options.target_params
-    if f is None:
-        return None
-    before = state.before["params"]
-    return f * before - (before - count_params(state.view))
+def target(state: PruneState) -> Target:
+    """The selection target of this run (of this step, when pruning in steps)."""
+    opts, dg = state.options, state.graph
+    t = Target(ratio=opts.ratio, global_rank=opts.global_rank, round_to=opts.round_to,
+               min_keep=opts.min_keep, max_ratio=opts.max_ratio,
+               ratio_for=group_ratios(dg, opts.ratio_for, opts.allow_unmatched),
+               origin=state.origin or {}, fraction=state.step / opts.steps)
+    if opts.target_params is not None:
+        t.budget = budget(state, "params", opts.target_params, model_params(state))
+        t.costs = lambda g: unit_param_costs(dg, g)
+        t.measure = params_measure(dg, t.costs)
+    elif opts.target_macs is not None:
+        model = MacsModel(dg)
+        t.budget = budget(state, "macs", opts.target_macs, count_macs(state.view))
+        t.costs, t.measure, t.refine = model.unit_costs, model.removed, True
+    return t
+
+
+def model_params(state: PruneState) -> int:
+    """Parameters of the model as it stands, untied copies not counted (they are tied back
+    when they stay equal)."""
+    view = state.view
+    extra = sum(view.consts[c].numel for c in state.copies or () if c in view.consts)
+    return count_params(view) - extra
+
+
+def budget(state: PruneState, key: str, fraction: float, now: float) -> float:
+    """What width pruning still has to remove (parameters or MACs) to reach `fraction` of the
+    input's by this step: blocks dropped by --drop-blocks and earlier steps already count."""
+    before = state.before[key]
+    return fraction * state.step / state.options.steps * before - (before - now)
 
 
 def compensate(state: PruneState) -> None:
@@ -197,7 +240,8 @@ def calibrating(state: PruneState) -> bool:
 
 
 def dropping_blocks(state: PruneState) -> bool:
-    return bool(state.options.drop_blocks)
+    plan = state.options.plan
+    return bool(state.options.drop_blocks) or bool(plan is not None and plan.get("blocks"))
 
 
 def measuring_statistics(state: PruneState) -> bool:

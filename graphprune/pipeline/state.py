@@ -70,6 +70,9 @@ class PruneState:
     fidelity: dict | None = None
     report: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    fingerprint: str | None = None  # of the input graph (plans name the model they fit)
+    step: int = 1  # iterative pruning: this step of options.steps
+    origin: dict | None = None  # group id -> its units before the first step (steps > 1)
 
     def spent(self, phase: str, seconds: float) -> None:
         self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 4)
