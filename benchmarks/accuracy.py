@@ -301,11 +301,14 @@ def run_case(case: Case, ratios: list[float], args) -> dict:
 
     t_case = time.perf_counter()
     rows: dict[str, dict] = {}
-    for name, crit, cal, glob in gp_variants(args.global_rank, args.criteria):
+    variants = [(name + (f" --steps {k}" if k > 1 else ""), crit, cal, glob, k)
+                for name, crit, cal, glob in gp_variants(args.global_rank, args.criteria)
+                for k in args.steps]
+    for name, crit, cal, glob, steps in variants:
         rows[name] = {}
         for r in ratios:
             t0 = time.perf_counter()
-            opts = {"seed": args.seed, "global_rank": glob, "validate": False}
+            opts = {"seed": args.seed, "global_rank": glob, "validate": False, "steps": steps}
             if case.dims:
                 opts["dims"] = case.dims
             if cal:
@@ -487,6 +490,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--criteria", default=None,
                     help="comma list of graphprune criteria to run (default: all registered)")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--steps", default="1",
+                    help="comma list of graphprune step counts (iterative pruning), e.g. 1,4")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--debug", action="store_true", help="print tracebacks of failures")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
@@ -498,6 +503,7 @@ def main(argv=None) -> dict:
     if bad:
         ap.error(f"unknown model(s) {bad}; choose from {','.join(ALL_MODELS)}")
     ratios = [float(r) for r in args.ratios.split(",")]
+    args.steps = [int(k) for k in str(args.steps).split(",") if k.strip()]
     if args.criteria is not None:
         from graphprune.criteria import CRITERIA
 

@@ -10,13 +10,14 @@ stays cheap.
 """
 from .version import __version__
 
-__all__ = ["prune", "analyze", "PruneResult", "__version__"]
+__all__ = ["prune", "analyze", "plan", "apply", "PruneResult", "PrunePlan", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("prune", "analyze", "PruneResult"):
-        from .pipeline import pipeline
+    if name in ("prune", "analyze", "plan", "apply", "PruneResult", "PrunePlan"):
+        from .pipeline import pipeline, plans
 
         return {"prune": pipeline.prune, "analyze": pipeline.analyze_model,
-                "PruneResult": pipeline.PruneResult}[name]
+                "plan": pipeline.plan, "apply": pipeline.apply,
+                "PruneResult": pipeline.PruneResult, "PrunePlan": plans.PrunePlan}[name]
     raise AttributeError(f"module 'graphprune' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The `graphprune` command line (entry point `graphprune.cli.main:main`)."""
 from .app import main
-from . import prune, tools  # noqa: F401,E402  (register the commands)
+from . import batch, prune, tools  # noqa: F401,E402  (register the commands)
 
 __all__ = ["main"]
 

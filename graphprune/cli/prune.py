@@ -1,8 +1,10 @@
-"""`graphprune MODEL.onnx --ratio 0.3 ...`: prune a model and write it, with its reports."""
+"""`graphprune MODEL.onnx [OUT.onnx] --ratio 0.3 ...`: prune a model and write it, with its
+reports. The options that say how to prune are shared with `graphprune batch`."""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -11,6 +13,110 @@ from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
 from ..ir.files import atomic_write_text, check_outputs
 from .app import EXIT_GATE, fail, main, setup_logging
+from .recipe import config_option, deprecated_global, merge_global
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+# how to prune: shared by `prune` and `batch` (the names are those of graphprune.prune())
+PRUNE_OPTIONS = [
+    click.option("--ratio", type=float, default=0.3, show_default=True,
+                 help="Fraction of prunable units (channels) to remove."),
+    click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default=None,
+                 help="Importance criterion (default magnitude; with --plan, the plan's)."),
+    click.option("--dims", default="channels,heads,mlp,hidden", show_default=True,
+                 help="Kinds of groups to prune: channels (convolutions), heads (attention "
+                      "heads; a GQA kv head goes with its query heads), mlp (transformer "
+                      "intermediate width), hidden (the residual stream)."),
+    click.option("--drop-blocks", type=int, default=0, show_default=True,
+                 help="Remove the N residual sub-blocks (attention/MLP, identity-shortcut "
+                      "blocks) that change the stream least (1 - cosine on random inputs)."),
+    click.option("--global-rank", "global_rank", is_flag=True,
+                 help="Rank units across all groups (normalized) instead of a uniform ratio "
+                      "per group."),
+    click.option("--global", "global_alias", is_flag=True, hidden=True,
+                 callback=deprecated_global),
+    click.option("--target-params", type=float, default=None, metavar="F",
+                 help="Remove this fraction of the model's parameters (replaces --ratio): the "
+                      "same fraction of every group that comes closest to it, or with "
+                      "--global-rank units of all groups ranked together. Heads go as whole "
+                      "GQA groups."),
+    click.option("--target-macs", type=float, default=None, metavar="F",
+                 help="Remove this fraction of the model's MACs (replaces --ratio), like "
+                      "--target-params."),
+    click.option("--ratio-for", "ratio_for", multiple=True, metavar="PATTERN=R",
+                 help="Ratio R for the groups owned by nodes/tensors matching PATTERN (fnmatch, "
+                      "or op:Conv for an op type); the last matching pattern wins; repeatable."),
+    click.option("--max-ratio", type=float, default=None, metavar="R",
+                 help="No group loses more than R of its units (caps --global-rank and the "
+                      "--target-* searches)."),
+    click.option("--round-to", type=int, default=1, show_default=True,
+                 help="Keep widths a multiple of N (hardware friendly)."),
+    click.option("--min-keep", type=int, default=1, show_default=True,
+                 help="Never keep fewer than N units in a group."),
+    click.option("--protect", multiple=True, metavar="PATTERN",
+                 help="Freeze groups touching a node/tensor whose name matches (fnmatch, or "
+                      "op:TYPE); repeatable."),
+    click.option("--protect-op", "protect_op", multiple=True, metavar="OPTYPE",
+                 help="Freeze groups touching a node of this op type; repeatable."),
+    click.option("--allow-unmatched", is_flag=True,
+                 help="A --protect/--protect-op/--ratio-for pattern that matches nothing is "
+                      "not an error."),
+    click.option("--steps", type=int, default=1, show_default=True,
+                 help="Reach the target in N prune -> compensate rounds, re-scoring the "
+                      "partly pruned model each time."),
+    click.option("--plan", "plan", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 default=None, help="Apply this saved or edited plan (--save-plan) instead of "
+                                    "scoring and selecting."),
+    click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
+                 help="Static dims for symbolic input dims (shape inference, MACs, random "
+                      "validation inputs, benchmarks), e.g. input:1x3x224x224."),
+    click.option("--provider", default="CPUExecutionProvider", show_default=True,
+                 help="ONNX Runtime execution provider for calibration, validation and "
+                      "benchmark (cpu, cuda, tensorrt, openvino, coreml or a full name)."),
+    click.option("--external-data", is_flag=True,
+                 help="Store weights in a .data file beside the model."),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seed for random inputs/criteria."),
+    click.option("--calib", "calib", type=click.Path(exists=True, path_type=Path), default=None,
+                 help="Calibration/fidelity inputs: .npz with one array per model input "
+                      "(samples on axis 0), or a folder of images (see --preprocess)."),
+    click.option("--calib-random", type=int, default=None, metavar="N",
+                 help="Calibrate the data-aware criteria on N seeded random inputs."),
+    click.option("--calib-text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 default=None, metavar="FILE",
+                 help="Language models: calibrate on this text, tokenized with --tokenizer and "
+                      "cut into --seq-len token windows (also scores blocks for --drop-blocks)."),
+    click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None,
+                 help="For --calib-text: a tokenizer.json file or a tokenizer folder."),
+    click.option("--seq-len", type=int, default=128, show_default=True,
+                 help="For --calib-text: tokens per calibration window."),
+    click.option("--preprocess", type=click.Choice(["imagenet", "none"]), default="imagenet",
+                 show_default=True,
+                 help="For --calib DIR: resize the shorter side + center crop to the input H×W, "
+                      "scale to [0,1]; imagenet also normalizes with the ImageNet mean/std."),
+    click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 default=None, help="Integer labels of the calibration samples, one per line."),
+    click.option("--compensate", type=click.Choice(["auto", "none", "flap", "obspa"]),
+                 default="auto", show_default=True,
+                 help="Weight/bias compensation of the pruned units' consumers (auto: obspa for "
+                      "obspa, bias-only for flap, none otherwise). Needs calibration."),
+    click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report)."),
+    click.option("--threads", type=int, default=0, show_default=True,
+                 help="ORT intra-op threads for --benchmark (0: onnxruntime default)."),
+    click.option("--repeats", type=int, default=50, show_default=True,
+                 help="Timed runs per model for --benchmark."),
+    click.option("--max-drop", type=float, default=None,
+                 help="Gate: exit 1 when fidelity drop exceeds X (1 - top-1 agreement on "
+                      "--calib data for classifiers, else 1 - cosine)."),
+    click.option("--min-speedup", type=float, default=None,
+                 help="Gate (implies --benchmark): exit 1 when measured speedup < Y."),
+]
+
+
+def prune_options(fn):
+    for opt in reversed(PRUNE_OPTIONS):
+        fn = opt(fn)
+    return fn
 
 
 def default_output(model: Path) -> Path:
@@ -30,127 +136,96 @@ def _progress(quiet: bool):
 
 
 @main.command("prune")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--ratio", type=float, default=0.3, show_default=True,
-              help="Fraction of prunable units (channels) to remove.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: MODEL.pruned.onnx beside the input).")
-@click.option("--criterion", type=click.Choice(sorted(CRITERIA)), default="magnitude",
-              show_default=True, help="Importance criterion.")
-@click.option("--dims", default="channels,heads,mlp,hidden", show_default=True,
-              help="Kinds of groups to prune: channels (convolutions), heads (attention heads; "
-                   "a GQA kv head goes with its query heads), mlp (transformer intermediate "
-                   "width), hidden (the residual stream).")
-@click.option("--drop-blocks", type=int, default=0, show_default=True,
-              help="Remove the N residual sub-blocks (attention/MLP, identity-shortcut blocks) "
-                   "that change the stream least (1 - cosine on random inputs).")
-@click.option("--global", "global_rank", is_flag=True,
-              help="Rank units across all groups (normalized) instead of a uniform ratio per group.")
-@click.option("--target-params", type=float, default=None, metavar="F",
-              help="Remove this fraction of the model's parameters (replaces --ratio): the same "
-                   "fraction of every group that comes closest to it, or with --global units of "
-                   "all groups ranked together (non-uniform widths). Heads go as whole GQA "
-                   "groups.")
-@click.option("--round-to", type=int, default=1, show_default=True,
-              help="Keep widths a multiple of N (hardware friendly).")
-@click.option("--min-keep", type=int, default=1, show_default=True,
-              help="Never keep fewer than N units in a group.")
-@click.option("--protect", multiple=True, metavar="PATTERN",
-              help="Freeze groups touching a node/tensor whose name matches (fnmatch); repeatable.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the JSON report here.")
-@click.option("--external-data", is_flag=True, help="Store weights in a .data file beside the model.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs/criteria.")
+@config_option("prune")
+@click.argument("model", type=_FILE)
+@click.argument("out", type=_FILE, required=False)
+@click.option("-o", "--output", type=_FILE, default=None,
+              help="Output file (default: MODEL.pruned.onnx beside the input; or give it as "
+                   "the second argument).")
+@prune_options
+@click.option("--report", type=_FILE, default=None, help="Write the JSON report here.")
+@click.option("--html", "html_out", type=_FILE, default=None,
+              help="Write a self-contained HTML report here.")
+@click.option("--save-plan", type=_FILE, default=None,
+              help="Write the plan (every group's kept units, the model's fingerprint) here.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--calib", "calib", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Calibration/fidelity inputs: .npz with one array per model input (samples "
-                   "on axis 0), or a folder of images (see --preprocess). Used for fidelity and "
-                   "by the wanda/flap/obspa criteria.")
-@click.option("--calib-random", type=int, default=None, metavar="N",
-              help="Calibrate wanda/flap/obspa on N seeded random inputs (when no --calib).")
-@click.option("--calib-text", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, metavar="FILE",
-              help="Language models: calibrate on this text, tokenized with --tokenizer and cut "
-                   "into --seq-len token windows (also scores blocks for --drop-blocks).")
-@click.option("--tokenizer", type=click.Path(exists=True, path_type=Path), default=None,
-              help="For --calib-text: a tokenizer.json file or a tokenizer folder.")
-@click.option("--seq-len", type=int, default=128, show_default=True,
-              help="For --calib-text: tokens per calibration window.")
-@click.option("--preprocess", type=click.Choice(["imagenet", "none"]), default="imagenet",
-              show_default=True,
-              help="For --calib DIR: resize the shorter side + center crop to the input H×W, "
-                   "scale to [0,1]; imagenet also normalizes with the ImageNet mean/std.")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Integer labels of the calibration samples, one per line.")
-@click.option("--compensate", type=click.Choice(["auto", "none", "flap", "obspa"]),
-              default="auto", show_default=True,
-              help="Weight/bias compensation of the pruned units' consumers (auto: obspa for "
-                   "obspa, bias-only for flap, none otherwise). Needs calibration statistics.")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a self-contained HTML report here.")
-@click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report).")
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="ORT intra-op threads for --benchmark (0: onnxruntime default).")
-@click.option("--repeats", type=int, default=50, show_default=True,
-              help="Timed runs per model for --benchmark.")
-@click.option("--max-drop", type=float, default=None,
-              help="Gate: exit 1 when fidelity drop exceeds X (1 - top-1 agreement on --calib "
-                   "data for classifiers, else 1 - cosine).")
-@click.option("--min-speedup", type=float, default=None,
-              help="Gate (implies --benchmark): exit 1 when measured speedup < Y.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_cmd(model, ratio, output, criterion, dims, drop_blocks, global_rank, target_params,
-              round_to, min_keep, protect, report, external_data, seed, quiet, as_json, calib,
-              calib_random, calib_text, tokenizer, seq_len, preprocess, labels, compensate,
-              html_out, benchmark, threads, repeats, max_drop, min_speedup, debug):
-    """Prune MODEL and write a smaller, valid ONNX model."""
-    from ..pipeline.pipeline import prune
-
+def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, debug,
+              **options):
+    """Prune MODEL and write a smaller, valid ONNX model (to OUT, or -o)."""
     setup_logging(debug)
-
-    out = output or default_output(model)
-    measure = bool(calib or html_out or benchmark or max_drop is not None
-                   or min_speedup is not None)
+    t0 = time.perf_counter()
+    merge_global(options)
+    if out is not None and output is not None and out != output:
+        fail(f"two outputs given: {out} and -o {output}", debug)
+    out = out or output or default_output(model)
     try:
-        check_outputs(model, out, tuple(p for p in (report, html_out) if p))
-        res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
-                    target_params=target_params,
-                    round_to=round_to, min_keep=min_keep, protect=list(protect), seed=seed,
-                    dims=dims, drop_blocks=drop_blocks, progress=_progress(quiet or as_json),
-                    in_memory=measure, defer_validation=not measure, **_calib_options(criterion, calib, calib_random,
-                                                        preprocess, labels, compensate,
-                                                        calib_text, tokenizer, seq_len,
-                                                        drop_blocks))
-        gates = []
-        if measure and calib is not None and calib.is_dir():
-            calib = _images_npz(res, model, calib, preprocess)
-        if measure:
-            gates = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
-                             threads, repeats, max_drop, min_speedup, seed, quiet or as_json)
-        res.save(out, external_data=external_data)
-        if report:
-            atomic_write_text(report, json.dumps(res.report, indent=2) + "\n")
-        if html_out:
-            from ..report.html import write as write_html
-
-            write_html(res.report, html_out)
+        r, gates = run_prune(model, out, report=report, html_out=html_out, save_plan=save_plan,
+                             progress=_progress(quiet or as_json), quiet=quiet or as_json,
+                             **options)
     except UserError as e:
         fail(str(e), debug)
     except ValidationError as e:
         fail(f"the pruned model failed validation, nothing written: {e}", debug)
-    r = res.report
     if as_json:
         click.echo(json.dumps(r, indent=2))
     elif not quiet:
         from ..report.summary import summary, summary_lines
 
-        click.echo("\n".join([summary(r)] + summary_lines(r)))
+        click.echo("\n".join([summary(r, time.perf_counter() - t0)] + summary_lines(r)))
     _exit_on_gates(gates)
 
 
+def run_prune(model: Path, out: Path, report=None, html_out=None, save_plan=None,
+              progress=None, quiet: bool = True, *, ratio, criterion, dims, drop_blocks,
+              global_rank, target_params, target_macs, ratio_for, max_ratio, round_to,
+              min_keep, protect, protect_op, allow_unmatched, steps, plan, input_shapes,
+              provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
+              seq_len, preprocess, labels, compensate, benchmark, threads, repeats, max_drop,
+              min_speedup) -> tuple[dict, list]:
+    """One prune as the command line runs it: prune, measure, write the model and the reports.
+    Returns the report and the gates (also what a `graphprune batch` job returns)."""
+    from ..pipeline.pipeline import prune
+
+    measure = bool(calib or html_out or benchmark or max_drop is not None
+                   or min_speedup is not None)
+    check_outputs(model, out, tuple(p for p in (report, html_out, save_plan) if p))
+    if criterion is None and plan is None:
+        criterion = "magnitude"
+    res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
+                target_params=target_params, target_macs=target_macs,
+                ratio_for=list(ratio_for), max_ratio=max_ratio, protect_op=list(protect_op),
+                allow_unmatched=allow_unmatched, steps=steps,
+                plan=str(plan) if plan else None, input_shapes=input_shapes,
+                provider=provider, round_to=round_to, min_keep=min_keep,
+                protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
+                progress=progress, in_memory=measure, defer_validation=not measure,
+                **_calib_options(criterion, calib, calib_random, preprocess, labels,
+                                 compensate, calib_text, tokenizer, seq_len, drop_blocks,
+                                 steps))
+    gates = []
+    if measure and calib is not None and calib.is_dir():
+        calib = _images_npz(res, model, calib, preprocess)
+    if measure:
+        gates = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
+                         threads, repeats, max_drop, min_speedup, seed, quiet, provider,
+                         input_shapes)
+    res.save(out, external_data=external_data)
+    if report:
+        atomic_write_text(report, json.dumps(res.report, indent=2) + "\n")
+    if save_plan:
+        res.save_plan(save_plan)
+    if html_out:
+        from ..report.html import write as write_html
+
+        write_html(res.report, html_out)
+    return res.report, gates
+
+
 def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate,
-                   calib_text=None, tokenizer=None, seq_len=128, drop_blocks=0) -> dict:
+                   calib_text=None, tokenizer=None, seq_len=128, drop_blocks=0,
+                   steps=1) -> dict:
     """prune() options for calibration: passed on when something reads the samples (a
     data-aware criterion, compensation, block scoring); prune() checks them."""
     from ..pipeline.options import CALIB_CRITERIA
@@ -185,13 +260,14 @@ def _images_npz(res, model, folder: Path, preprocess: str) -> Path:
 
 
 def _measure(res, model, calib, html_out, benchmark, threads, repeats, max_drop, min_speedup,
-             seed, quiet) -> list[dict]:
+             seed, quiet, provider="CPUExecutionProvider", input_shapes=None) -> list[dict]:
     """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate."""
     from ..pipeline.measure import check_gates, evaluate_result
     from ..progress import progress_enabled
 
     evaluate_result(res, str(model), calib_path=calib, benchmark=benchmark, threads=threads,
-                    repeats=repeats, seed=seed, progress=progress_enabled(quiet))
+                    repeats=repeats, seed=seed, progress=progress_enabled(quiet),
+                    provider=provider, input_shapes=input_shapes)
     if html_out:
         from ..report.html import attach_unit_scores
 

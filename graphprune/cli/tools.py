@@ -10,19 +10,22 @@ import click
 from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
 from .app import EXIT_GATE, fail, main, setup_logging
+from .recipe import config_option, deprecated_global
 
 
 @main.command("analyze")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="Also list frozen groups with no weights.")
+@click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
+              help="Static dims for symbolic input dims, e.g. input:1x3x224x224.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def analyze_cmd(model, as_json, show_all, debug):
+def analyze_cmd(model, as_json, show_all, input_shapes, debug):
     """List coupled groups, their prunable units, and frozen groups with the reason."""
     from ..pipeline.pipeline import analyze_model
 
     try:
-        _, dg = analyze_model(str(model))
+        _, dg = analyze_model(str(model), input_shapes=input_shapes)
     except UserError as e:
         fail(str(e), debug)
     rows = []
@@ -56,21 +59,30 @@ def analyze_cmd(model, as_json, show_all, debug):
 @click.option("--batch", type=int, default=1, show_default=True,
               help="Batch size for a symbolic leading input dimension.")
 @click.option("--provider", default="CPUExecutionProvider", show_default=True,
-              help="ONNX Runtime execution provider.")
+              help="ONNX Runtime execution provider (cpu, cuda, tensorrt, openvino, coreml or "
+                   "a full name); the table says which provider ran each node.")
+@click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
+              help="Static dims for symbolic input dims, e.g. input:1x3x224x224.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-def bench_cmd(model, other, threads, warmup, repeats, batch, provider, seed, quiet, as_json,
-              debug):
+def bench_cmd(model, other, threads, warmup, repeats, batch, provider, input_shapes, seed,
+              quiet, as_json, debug):
     """ONNX Runtime latency, throughput, peak memory and size; two models side by side."""
-    from ..pipeline.measure import model_cost
+    from ..ir.inputs import parse_input_shapes
+    from ..pipeline.measure import cost_with
     from ..progress import progress_enabled
     from ..runtime import bench
 
     setup_logging(debug)
-    kw = dict(threads=threads, warmup=warmup, repeats=repeats, batch=batch, provider=provider,
-              seed=seed, progress=progress_enabled(quiet or as_json), cost=model_cost)
+    try:
+        shapes = parse_input_shapes(input_shapes)
+        kw = dict(threads=threads, warmup=warmup, repeats=repeats, batch=batch,
+                  provider=provider, seed=seed, progress=progress_enabled(quiet or as_json),
+                  cost=cost_with(shapes), input_shapes=shapes)
+    except UserError as e:
+        fail(str(e), debug)
     try:
         if other:
             pair = bench.benchmark_pair(str(model), str(other), **kw)
@@ -86,6 +98,7 @@ def bench_cmd(model, other, threads, warmup, repeats, batch, provider, seed, qui
 
 
 @main.command("sweep")
+@config_option("sweep")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--ratios", default="0.1,0.2,0.3,0.5", show_default=True,
               help="Comma-separated pruning ratios.")
@@ -98,9 +111,19 @@ def bench_cmd(model, other, threads, warmup, repeats, batch, provider, seed, qui
               help="Recommend the largest ratio whose fidelity drop is <= X.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for sweep.json/csv/png (default: MODEL.sweep beside the input).")
-@click.option("--global", "global_rank", is_flag=True, help="Global ranking across groups.")
+@click.option("--global-rank", "global_rank", is_flag=True,
+              help="Global ranking across groups.")
+@click.option("--global", "global_alias", is_flag=True, hidden=True, callback=deprecated_global)
 @click.option("--round-to", type=int, default=1, show_default=True, help="Width multiple.")
 @click.option("--protect", multiple=True, metavar="PATTERN", help="Freeze matching groups.")
+@click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
+              help="Static dims for symbolic input dims, e.g. input:1x3x224x224.")
+@click.option("--provider", default="CPUExecutionProvider", show_default=True,
+              help="ONNX Runtime execution provider (calibration, validation, latency).")
+@click.option("--jobs", type=int, default=0, show_default=True,
+              help="Ratios pruned at once in local processes (0: one per CPU core).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run the ratios on this Dask distributed scheduler instead.")
 @click.option("--no-latency", is_flag=True, help="Skip the ORT latency measurement.")
 @click.option("--threads", type=int, default=0, show_default=True, help="ORT intra-op threads.")
 @click.option("--repeats", type=int, default=30, show_default=True, help="Timed runs per model.")
@@ -108,9 +131,11 @@ def bench_cmd(model, other, threads, warmup, repeats, batch, provider, seed, qui
 @click.option("--quiet", is_flag=True, help="No progress display, no table.")
 @click.option("--json", "as_json", is_flag=True, help="Print sweep.json on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, round_to, protect,
-              no_latency, threads, repeats, seed, quiet, as_json, debug):
+def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, global_alias,
+              round_to, protect, input_shapes, provider, jobs, scheduler, no_latency, threads,
+              repeats, seed, quiet, as_json, debug):
     """Prune at several ratios: fidelity, MACs and speedup per ratio, and a recommended ratio."""
+    from ..pipeline.parallel import default_workers
     from ..pipeline.sweep import parse_ratios, run_sweep
     from ..progress import progress_enabled
     from ..report.sweep import format_table, write_outputs
@@ -123,7 +148,10 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, r
                            calib_path=calib, max_drop=max_drop, latency=not no_latency,
                            threads=threads, repeats=repeats, seed=seed,
                            progress=progress_enabled(quiet or as_json),
-                           global_rank=global_rank, round_to=round_to, protect=list(protect))
+                           global_rank=global_rank or global_alias, round_to=round_to,
+                           protect=list(protect), input_shapes=input_shapes,
+                           provider=provider, jobs=jobs or default_workers(),
+                           scheduler=scheduler)
         paths = write_outputs(result, out_dir)
     except UserError as e:
         fail(str(e), debug)

@@ -130,3 +130,75 @@ def feed_batches(specs: list[InputSpec], feeds: dict[str, np.ndarray],
     if not out:
         raise UserError(f"calibration data has {n} samples; the model needs batches of {static}")
     return out
+
+
+def parse_input_shapes(spec) -> dict[str, tuple[int, ...]]:
+    """{name: dims} from a dict, or from the command line's `name:1x3x224x224,other:1x128`."""
+    if not spec:
+        return {}
+    if isinstance(spec, str):
+        items = {}
+        for part in spec.split(","):
+            name, sep, dims = part.strip().rpartition(":")
+            if not sep or not name:
+                raise UserError(f"--input-shapes takes name:DxDx...,name:Dx..., got {part!r}")
+            items[name] = dims.lower().split("x")
+        spec = items
+    out = {}
+    for name, dims in spec.items():
+        try:
+            shape = tuple(int(d) for d in dims)
+        except (TypeError, ValueError):
+            shape = ()
+        if not shape or any(d < 1 for d in shape):
+            raise UserError(f"--input-shapes {name}: dims must be positive integers, got {dims!r}")
+        out[str(name)] = shape
+    return out
+
+
+def check_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every named input exists, has that rank, and agrees with its static dims."""
+    specs = {s.name: s for s in input_specs(model)}
+    for name, dims in shapes.items():
+        s = specs.get(name)
+        if s is None:
+            raise UserError(f"--input-shapes: the model has no input {name!r} (inputs: "
+                            f"{', '.join(specs) or 'none'})")
+        if s.shape and len(s.shape) != len(dims):
+            raise UserError(f"--input-shapes {name}: rank {len(dims)}, the input has rank "
+                            f"{len(s.shape)} {list(s.shape)}")
+        for k, (d, want) in enumerate(zip(s.shape, dims)):
+            if isinstance(d, int) and d > 0 and d != want:
+                raise UserError(f"--input-shapes {name}: axis {k} is {d} in the model, not {want}")
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Give the named graph inputs static dims (in place). Returns what `restore_input_shapes`
+    needs to put the model's own dims back."""
+    check_input_shapes(model, shapes)
+    saved = {}
+    for vi in model.graph.input:
+        if vi.name not in shapes:
+            continue
+        old = onnx.TypeProto()
+        old.CopyFrom(vi.type)
+        saved[vi.name] = old
+        shape = vi.type.tensor_type.shape
+        shape.ClearField("dim")
+        for d in shapes[vi.name]:
+            shape.dim.add().dim_value = int(d)
+    return saved
+
+
+def restore_input_shapes(model: onnx.ModelProto, saved: dict) -> None:
+    for vi in model.graph.input:
+        if vi.name in saved:
+            vi.type.CopyFrom(saved[vi.name])
+
+
+def with_shapes(specs: list[InputSpec], shapes: dict | None) -> list[InputSpec]:
+    """`specs` with the dims `shapes` fixes."""
+    if not shapes:
+        return specs
+    return [InputSpec(s.name, s.dtype, tuple(shapes[s.name])) if s.name in shapes else s
+            for s in specs]

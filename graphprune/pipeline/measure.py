@@ -8,15 +8,28 @@ import onnx
 
 from ..analysis.cost import count_macs, count_params
 from ..calibration.data import load_npz
+from ..ir.inputs import fix_input_shapes, parse_input_shapes
 from ..runtime import bench
 from ..runtime.fidelity import fidelity
 from .stages import model_view
 
 
-def model_cost(model: onnx.ModelProto) -> dict:
-    """Params and MACs as the pruning report counts them (symbolic sizes count as 1)."""
+def model_cost(model: onnx.ModelProto, input_shapes=None) -> dict:
+    """Params and MACs as the pruning report counts them (symbolic sizes count as 1, unless
+    `input_shapes` fixes them)."""
+    shapes = parse_input_shapes(input_shapes)
+    if shapes:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        fix_input_shapes(copy, shapes)
+        model = copy
     view = model_view(model)
     return {"params": count_params(view), "macs": count_macs(view)}
+
+
+def cost_with(input_shapes):
+    """`model_cost` with `input_shapes` (for the benchmarks' cost callback)."""
+    return lambda model: model_cost(model, input_shapes)
 
 
 def _proto(m):
@@ -49,20 +62,24 @@ def gate_failure_line(gates: list[dict]) -> str | None:
 
 def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
                     threads: int = 0, repeats: int = 50, warmup: int = 5, seed: int = 0,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, provider: str = "CPUExecutionProvider",
+                    input_shapes=None) -> dict:
     """Measure a `PruneResult` against its original (path or ModelProto) and put the numbers in
     its report: `fidelity` (calibration or random inputs, with top-1 agreement and `drop`) and,
     with `benchmark`, `latency_ms` {before, after, p90_before, p90_after, threads, speedup,
     macs_ratio} and `memory_bytes` {before, after} (peak RSS of a fresh process per model)."""
     proto = _proto(original)
+    shapes = parse_input_shapes(input_shapes)
     calib = load_npz(calib_path, proto) if calib_path else None
     result.report["fidelity"] = fidelity(proto, result.model, calib=calib, seed=seed,
-                                         calib_name=Path(calib_path).name if calib_path else None)
+                                         calib_name=Path(calib_path).name if calib_path else None,
+                                         shapes=shapes, provider=provider)
     if benchmark:
         src = original if isinstance(original, onnx.ModelProto) else str(original)
         pair = bench.benchmark_pair(src, result.model, threads=threads, repeats=repeats,
                                     warmup=warmup, seed=seed, progress=progress,
-                                    cost=model_cost)
+                                    cost=cost_with(shapes), provider=provider,
+                                    input_shapes=shapes)
         b, a, c = pair["before"], pair["after"], pair["compare"]
         result.report["latency_ms"] = {
             "before": b["latency_ms"]["median"], "after": a["latency_ms"]["median"],

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from ..analysis.build import KINDS
 from ..criteria import CRITERIA
 from ..errors import UserError
+from ..ir.inputs import parse_input_shapes
+from ..runtime.session import resolve_provider
 
 CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")  # read calibration samples
 STATS_CRITERIA = ("wanda", "flap", "obspa", "amp")  # read consumer statistics
@@ -52,6 +54,11 @@ class PruneOptions:
     steps: int = 1  # reach the target in this many prune -> compensate rounds
     # a saved or edited plan (path, dict or PrunePlan): replaces scoring and selection
     plan: object = None
+    # static dims for named inputs ({"x": (1, 3, 224, 224)} or "x:1x3x224x224"): shape
+    # inference, MACs, random validation inputs; the written model keeps its own dims
+    input_shapes: object = None
+    # ONNX Runtime execution provider of calibration and validation runs (cpu, cuda, ...)
+    provider: str = "CPUExecutionProvider"
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -107,6 +114,8 @@ class PruneOptions:
                                 "combined with --plan")
             if self.criterion is None:
                 self.criterion = self.plan.get("options", {}).get("criterion", "magnitude")
+        self.input_shapes = parse_input_shapes(self.input_shapes)
+        self.provider = resolve_provider(self.provider)
         compensation_mode(self)  # refuses an unknown mode
 
     @property

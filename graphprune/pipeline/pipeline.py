@@ -51,11 +51,44 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("select", s.select, ("graph", "scores", "before"), ("plan",)),
     Stage("compensate", s.compensate, ("plan", "calib_ctx"), ("compensation",), s.compensating),
     Stage("rewrite", s.rewrite, ("plan", "copies"), ("counts", "shapes_after")),
+    Stage("steps", lambda st: _more_steps(st), ("plan",), ("plan",), s.iterating, "select"),
     Stage("cost", s.cost_after, ("shapes_after",), ("after",), phase="validate"),
     Stage("validate", s.validate, ("reference",), ("fidelity",), s.validating_in_memory),
     Stage("report", lambda st: setattr(st, "report", build_report(st)),
           ("graph", "plan", "before", "after", "counts"), ("report",), phase="write"),
 )
+
+
+# one more round of iterative pruning (--steps): the partly pruned model analyzed, scored
+# and pruned again
+STEP = tuple(st for st in PIPELINE if st.name in ("analyze", "statistics", "score", "select",
+                                                 "compensate", "rewrite"))
+
+
+def _more_steps(state: PruneState) -> None:
+    """Steps 2..N of iterative pruning. Each step re-analyzes and re-scores the model the
+    previous one wrote, and prunes towards this step's share of the target (reached on the
+    original widths, parameters or MACs). The report and the plan then describe the
+    original's groups: the units each keeps after all steps."""
+    first_graph, first_plan, first_scores = state.graph, state.plan, state.scores
+    kept = s.compose_positions({}, first_graph, first_plan)
+    counts = dict(state.counts)
+    for k in range(2, state.options.steps + 1):
+        state.step = k
+        s.reprepare(state)
+        for stage in STEP:
+            if stage.when is not None and not stage.when(state):
+                continue
+            with timed(state, stage.phase or stage.name):
+                stage.run(state)
+            if stage.name == "analyze":
+                state.origin = s.origin_sizes(state.graph, first_graph)
+        kept = s.compose_positions(kept, state.graph, state.plan)
+        for key, v in state.counts.items():
+            counts[key] = counts.get(key, 0) + v if key != "constants_retied" else v
+    state.counts = counts
+    state.graph, state.scores = first_graph, first_scores
+    state.plan = s.plan_on(first_graph, kept)
 
 
 class StageError(AssertionError):
@@ -127,7 +160,8 @@ def result_of(state: PruneState) -> PruneResult:
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
                        scores=state.scores, source_files=list(src.files),
-                       copies=dict(state.copies or {}), plan_document=plan_document(state))
+                       copies=dict(state.copies or {}), plan_document=plan_document(state),
+                       provider=state.options.provider)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
@@ -147,16 +181,43 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
     """
     opts = PruneOptions(ratio=ratio, criterion=criterion, **options)
     opts.check()
-    state = PruneState(model, opts, TapRunner(), progress=progress,
+    state = PruneState(model, opts, TapRunner(provider=opts.provider), progress=progress,
                        in_memory=in_memory or s.needs_weights_in_memory(opts),
                        defer_validation=defer_validation)
     return result_of(run_stages(state))
 
 
-def analyze_model(model, progress=None, dims=KINDS):
+def plan(model, ratio: float = 0.3, criterion="magnitude",
+         progress: Callable[[str], None] | None = None, **options) -> plans.PrunePlan:
+    """The plan `prune` would apply, without rewriting anything: every group with the units it
+    would keep (editable: `plan[name].keep = [...]`, `plan[name].keep_top(n)`) and the
+    criterion's unit scores. `graphprune.apply(model, plan)` applies it; `plan.save(path)`
+    writes it as --save-plan does. Options: those of `prune`."""
+    opts = PruneOptions(ratio=ratio, criterion=criterion, **{**options, "validate": False})
+    opts.check()
+    state = PruneState(model, opts, TapRunner(provider=opts.provider), progress=progress,
+                       in_memory=s.needs_weights_in_memory(opts))
+    run_stages(state, PIPELINE[:next(k for k, st in enumerate(PIPELINE)
+                                     if st.name == "select") + 1])
+    doc = plans.document(state.graph, state.plan, state.fingerprint,
+                         {"criterion": opts.criterion_name, "ratio": opts.ratio},
+                         state.blocks, state.source.path)
+    return plans.PrunePlan(doc, plans.unit_scores(state.graph, state.scores))
+
+
+def apply(model, plan, criterion=None, **options) -> PruneResult:
+    """Prune `model` by a plan (a `PrunePlan`, a plan dict or a --save-plan file) instead of
+    scoring and selecting; the criterion named in the plan sets the default compensation.
+    Options: those of `prune` that do not select (calibration, compensate, validate, ...)."""
+    return prune(model, criterion=criterion, plan=plan, **options)
+
+
+def analyze_model(model, progress=None, dims=KINDS, input_shapes=None):
     """Dependency groups of a model (path or ModelProto), without changing it. Returns the
     view the analysis ran on and the dependency graph."""
-    state = PruneState(model, PruneOptions(validate=False), TapRunner())
+    opts = PruneOptions(validate=False, input_shapes=input_shapes)
+    opts.check()
+    state = PruneState(model, opts, TapRunner())
     run_stages(state, PIPELINE[:1])
     token = WEIGHTS.set(state.source.store)
     try:

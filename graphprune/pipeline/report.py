@@ -2,10 +2,29 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from ..ir.storage import approx_bytes
 from ..version import __version__
 from .state import PHASES, PruneState
+
+
+def _io(vi) -> dict:
+    tt = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in tt.shape.dim] if tt.HasField("shape") else None
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "?"
+    return {"name": vi.name, "dtype": dtype, "shape": dims}
+
+
+def model_info(model: onnx.ModelProto) -> dict:
+    """Opset, IR version, producer and the graph's inputs and outputs with their shapes."""
+    inits = {t.name for t in model.graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
+    return {"opset": opset, "ir_version": model.ir_version, "producer": producer or None,
+            "inputs": [_io(i) for i in model.graph.input if i.name not in inits],
+            "outputs": [_io(o) for o in model.graph.output]}
 
 
 def build_report(state: PruneState) -> dict:
@@ -41,6 +60,8 @@ def build_report(state: PruneState) -> dict:
                    "max_ratio": opts.max_ratio, "ratio_for": dict(opts.ratio_for),
                    "protect": list(opts.protect), "protect_op": list(opts.protect_op),
                    "steps": opts.steps, "seed": opts.seed},
+        "model": model_info(src.work),
+        "ops": {"before": state.before.get("ops", {}), "after": state.after.get("ops", {})},
         "params": {"before": state.before["params"], "after": state.after["params"]},
         "macs": {"before": state.before["macs"], "after": state.after["macs"]},
         "file_bytes": {"before": src.in_bytes, "after": approx_bytes(src.work)},

@@ -37,6 +37,7 @@ class PruneResult:
     source_files: list | None = None  # the input's external data files, when known
     copies: dict = field(default_factory=dict)  # untied constant copy -> the constant it copies
     plan_document: dict | None = None  # the kept units of every group, as --save-plan writes
+    provider: str = "CPUExecutionProvider"  # of the validation run at save time
 
     @property
     def prune_plan(self):
@@ -61,7 +62,7 @@ class PruneResult:
             def check(tmp: str) -> None:
                 t1 = time.perf_counter()
                 self.report["fidelity"] = runtime_validate.validate_file(
-                    tmp, ref, low_memory=self.store is not None)
+                    tmp, ref, low_memory=self.store is not None, provider=self.provider)
                 spent["validate"] = time.perf_counter() - t1
 
         token = WEIGHTS.set(self.store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..analysis.build import analyze as analyze_graph
@@ -17,6 +18,7 @@ from ..criteria.custom import from_callable
 from ..errors import UserError
 from ..ir import GraphView
 from ..ir.fold import static_view
+from ..ir.inputs import fix_input_shapes, restore_input_shapes
 from ..ir.load import check_tensor_storage, open_model
 from ..ir.sanity import check_graph_sanity
 from ..ir.shapes import infer_shapes
@@ -25,7 +27,7 @@ from ..runtime import validate as runtime_validate
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
 from ..transforms.compensate import compensate as compensate_plan
-from ..transforms.rewrite import rewrite as rewrite_plan
+from ..transforms.rewrite import keep_positions, rewrite as rewrite_plan
 from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
@@ -53,6 +55,7 @@ def read(state: PruneState) -> None:
         work.CopyFrom(model)
         check_graph_sanity(work)
         state.source = Source(work, model, None, approx_bytes(model), None)
+        _fix_inputs(state)
         return
     path = Path(model)
     work, store, files = open_model(path)
@@ -64,6 +67,13 @@ def read(state: PruneState) -> None:
         store.materialize(work)
         store = None
     state.source = Source(work, str(path), str(path), size, store, list(files))
+    _fix_inputs(state)
+
+
+def _fix_inputs(state: PruneState) -> None:
+    """--input-shapes: static dims for the run (put back by the rewrite stage)."""
+    if state.options.input_shapes:
+        state.input_types = fix_input_shapes(state.source.work, state.options.input_shapes)
 
 
 def reference(state: PruneState) -> None:
@@ -71,9 +81,9 @@ def reference(state: PruneState) -> None:
     stages work (the validate stage collects them; an input ONNX Runtime cannot run is refused
     then, before anything is written). A big model's reference run is waited for here, so the
     original's session is gone before anything else takes memory."""
-    src = state.source
-    pending = runtime_validate.start_reference(src.original, seed=state.options.seed,
-                                               low_memory=src.lazy)
+    src, opts = state.source, state.options
+    pending = runtime_validate.start_reference(src.original, seed=opts.seed, low_memory=src.lazy,
+                                               shapes=opts.input_shapes, provider=opts.provider)
     state.reference = pending.result() if src.lazy else pending
 
 
@@ -85,7 +95,7 @@ def prepare(state: PruneState) -> None:
     state.fingerprint = fingerprint(work)
     state.copies = untie_shared_constants(work, view)
     state.view = model_view(work)
-    state.before = {"params": params, "macs": count_macs(state.view)}
+    state.before = {"params": params, "macs": count_macs(state.view), "ops": op_counts(work)}
 
 
 def load_calibration(state: PruneState) -> None:
@@ -211,22 +221,82 @@ def compensate(state: PruneState) -> None:
 def rewrite(state: PruneState) -> None:
     counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
     counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
+    restore_input_shapes(state.source.work, state.input_types)
     state.counts, state.shapes_after = counts, shapes
 
 
 def cost_after(state: PruneState) -> None:
     view = GraphView(state.source.work, state.shapes_after)
-    state.after = {"params": count_params(view), "macs": count_macs(view)}
+    state.after = {"params": count_params(view), "macs": count_macs(view),
+                   "ops": op_counts(state.source.work)}
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Nodes per op type (domain-qualified outside the default domain), sorted by name."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        key = f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def validate(state: PruneState) -> None:
     """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
     whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
     state.fidelity = runtime_validate.validate(None, state.source.work, seed=state.options.seed,
-                                               ref=state.reference)
+                                               ref=state.reference,
+                                               provider=state.options.provider)
+
+
+# ------------------------------------------------------------------------------ steps
+def reprepare(state: PruneState) -> None:
+    """The model the previous step wrote, made ready for analysis again."""
+    work = state.source.work
+    if state.options.input_shapes:
+        state.input_types = fix_input_shapes(work, state.options.input_shapes)
+    state.copies = untie_shared_constants(work)
+    state.view = model_view(work)
+
+
+def origin_sizes(dg, first) -> dict[int, int]:
+    """Group id -> units of the same group before the first step (found by a weight axis)."""
+    out = {}
+    for g in dg.groups:
+        for m in g.members:
+            gid = first.group_of.get((m.tensor, m.axis))
+            if gid is not None:
+                out[g.id] = first.groups[gid].n_units
+                break
+    return out
+
+
+def compose_positions(kept: dict, dg, plan) -> dict:
+    """Positions of the original tensors each axis keeps, after one more step's plan."""
+    for dn, pos in keep_positions(dg, plan).items():
+        before = kept.get(dn)
+        kept[dn] = pos if before is None else before[pos]
+    return kept
+
+
+def plan_on(first, kept: dict):
+    """The plan, on the first step's groups, that keeps what all steps kept."""
+    from ..transforms.select import Plan
+
+    plan = Plan()
+    for g in first.prunable_groups():
+        for dn, units in g.unit_of.items():
+            if dn in kept and len(units):
+                keep = np.unique(units[kept[dn]])
+                if len(keep) < g.n_units:
+                    plan.keep[g.id] = keep
+                break
+    return plan
 
 
 # ------------------------------------------------------------------------------ conditions
+def iterating(state: PruneState) -> bool:
+    return state.options.steps > 1
+
 def validating(state: PruneState) -> bool:
     return state.options.validate
 

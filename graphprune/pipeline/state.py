@@ -70,6 +70,7 @@ class PruneState:
     fidelity: dict | None = None
     report: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    input_types: dict = field(default_factory=dict)  # inputs' own types (--input-shapes)
     fingerprint: str | None = None  # of the input graph (plans name the model they fit)
     step: int = 1  # iterative pruning: this step of options.steps
     origin: dict | None = None  # group id -> its units before the first step (steps > 1)

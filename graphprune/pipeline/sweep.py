@@ -25,6 +25,7 @@ from ..runtime.fidelity import fidelity
 from ..runtime.taps import TapRunner
 from .measure import model_cost
 from .options import CALIB_CRITERIA, PruneOptions
+from .parallel import run_jobs
 from .pipeline import PIPELINE, result_of, run_stages
 from .state import PruneState, Source
 
@@ -44,37 +45,36 @@ def parse_ratios(text: str) -> list[float]:
 def run_sweep(model_path, ratios: list[float], criterion: str = "magnitude",
               calib_path=None, max_drop: float | None = None, latency: bool = True,
               threads: int = 0, repeats: int = 30, warmup: int = 5, seed: int = 0,
-              progress: bool = False, **prune_options) -> dict:
+              progress: bool = False, jobs: int = 1, scheduler: str | None = None,
+              **prune_options) -> dict:
     """Prune at each ratio; returns {"model", "criterion", "baseline", "rows", "recommended",
-    "calibration"}."""
+    "calibration"}. The ratios (select, rewrite, validate, fidelity) run as `jobs` local
+    processes, or on the Dask cluster at `scheduler` (see `graphprune.pipeline.parallel`);
+    the latency of every model is then measured here, interleaved in one process."""
     original = load_model(model_path)
     calib = load_npz(calib_path, original) if calib_path else None
     calib_name = Path(calib_path).name if calib_path else None
-    cost0 = model_cost(original)
     if calib is not None and criterion in CALIB_CRITERIA:
         prune_options.setdefault("calib", calib)  # the data-aware criteria calibrate on it
     opts = PruneOptions(ratio=ratios[0], criterion=criterion, seed=seed, **prune_options)
     opts.check()
-    base = run_stages(PruneState(original, opts, TapRunner()), PIPELINE[:_index("score") + 1])
-    rows, pruned = [], []
-    for r in bar(ratios, progress, "sweep", len(ratios)):
-        log.debug("sweep: ratio %s", r)
-        res = result_of(run_stages(fork(base, r), PIPELINE[_index("score") + 1:]))
-        fid = fidelity(original, res.model, calib=calib, seed=seed, calib_name=calib_name)
-        rows.append({"ratio": r, "params": res.report["params"]["after"],
-                     "macs": res.report["macs"]["after"],
-                     "macs_ratio": cost0["macs"] / max(res.report["macs"]["after"], 1),
-                     "cosine": fid["value"], "top1_agreement": fid["top1_agreement"],
-                     "drop": fid["drop"], "max_abs_diff": fid["max_abs_diff"],
-                     "latency_ms": None, "latency_p90_ms": None, "speedup": None,
-                     "meets_max_drop": None if max_drop is None else bool(fid["drop"] <= max_drop)})
-        pruned.append(res.model)
+    cost0 = model_cost(original, opts.input_shapes)
+    base = run_stages(PruneState(original, opts, TapRunner(provider=opts.provider)),
+                      PIPELINE[:_index("score") + 1])
+    shared = {"base": pack(base), "original": original, "calib": calib,
+              "calib_name": calib_name, "seed": seed, "max_drop": max_drop,
+              "macs": cost0["macs"]}
+    done = run_jobs(_ratio_job, [(r,) for r in bar(ratios, progress, "sweep", len(ratios))],
+                    shared, workers=jobs, scheduler=scheduler)
+    rows = [row for row, _ in done]
+    pruned = [onnx.load_from_string(b) for _, b in done]
     timing = None
     if latency:
         # one interleaved measurement of the original and every pruned model: comparable ratios
         meas = bench.benchmark_many([str(model_path)] + pruned, threads=threads, warmup=warmup,
                                     repeats=repeats, seed=seed, progress=progress,
-                                    memory=False)
+                                    memory=False, provider=opts.provider,
+                                    input_shapes=opts.input_shapes)
         timing = meas[0]
         for row, b in zip(rows, meas[1:]):
             row["latency_ms"] = b["latency_ms"]["median"]
@@ -93,6 +93,44 @@ def run_sweep(model_path, ratios: list[float], criterion: str = "magnitude",
         "recommended": max(ok) if ok else None,
         "calibration": _calibration_summary(base),
     }
+
+
+def _ratio_job(shared: dict, ratio: float) -> tuple[dict, bytes]:
+    """One ratio of a sweep: select, compensate, rewrite, validate and measure fidelity on a
+    fork of the scored state. Returns its row and the pruned model's bytes."""
+    base, original, calib = shared["base"], shared["original"], shared["calib"]
+    seed, max_drop = shared["seed"], shared["max_drop"]
+    log.debug("sweep: ratio %s", ratio)
+    res = result_of(run_stages(fork(base, ratio), PIPELINE[_index("score") + 1:]))
+    opts = base.options
+    fid = fidelity(original, res.model, calib=calib, seed=seed, calib_name=shared["calib_name"],
+                   shapes=opts.input_shapes, provider=opts.provider)
+    row = {"ratio": ratio, "params": res.report["params"]["after"],
+           "macs": res.report["macs"]["after"],
+           "macs_ratio": shared["macs"] / max(res.report["macs"]["after"], 1),
+           "cosine": fid["value"], "top1_agreement": fid["top1_agreement"],
+           "drop": fid["drop"], "max_abs_diff": fid["max_abs_diff"],
+           "latency_ms": None, "latency_p90_ms": None, "speedup": None,
+           "meets_max_drop": None if max_drop is None else bool(fid["drop"] <= max_drop)}
+    return row, res.model.SerializeToString()
+
+
+def pack(state: PruneState) -> PruneState:
+    """The scored state made self-contained, so it can be sent to other processes: the
+    reference run collected, consumers naming their node by index."""
+    from ..runtime.isolate import Pending
+
+    if isinstance(state.reference, Pending):
+        state.reference = state.reference.result()
+    ctx = state.calib_ctx
+    if ctx is not None:
+        by_id = {id(n): k for k, n in enumerate(state.source.work.graph.node)}
+        ctx.consumers = [copy.copy(c) for c in ctx.consumers]
+        for c in ctx.consumers:
+            if not isinstance(c.node, int):
+                c.node = by_id[id(c.node)]
+    state.progress = None
+    return state
 
 
 def _index(stage: str) -> int:
@@ -125,8 +163,8 @@ def fork(state: PruneState, ratio: float) -> PruneState:
         ctx = copy.copy(ctx)
         ctx.notes = list(ctx.notes)
         ctx.consumers = [copy.copy(c) for c in ctx.consumers]
-        for c in ctx.consumers:
-            c.node = work.graph.node[by_id[id(c.node)]]
+        for c in ctx.consumers:  # packed states name the node by index (see `pack`)
+            c.node = work.graph.node[c.node if isinstance(c.node, int) else by_id[id(c.node)]]
     opts = copy.copy(state.options)
     opts.ratio = ratio
     return PruneState(state.input, opts, state.runner, in_memory=state.in_memory,

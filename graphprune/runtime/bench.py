@@ -26,7 +26,7 @@ import onnx
 from ..errors import UserError
 from ..ir.storage import TWO_GB, approx_bytes
 from ..progress import bar
-from .session import available_providers, random_inputs
+from .session import providers_for, random_inputs, resolve_provider
 from .session import session as make_session
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,10 @@ def _peak_rss_bytes() -> int:
         return int(psutil.Process().memory_info().peak_wset)
 
 
-def _feeds(sess, batch: int, seed: int) -> tuple[dict, int]:
-    """Random inputs; a symbolic leading dim gets `batch`. Returns the feeds and the real batch."""
-    feeds = random_inputs(sess, seed=seed, batch=batch, dynamic=16)
+def _feeds(sess, batch: int, seed: int, shapes: dict | None = None) -> tuple[dict, int]:
+    """Random inputs; a symbolic leading dim gets `batch`, inputs named in `shapes` those dims.
+    Returns the feeds and the real batch."""
+    feeds = random_inputs(sess, seed=seed, batch=batch, dynamic=16, shapes=shapes)
     first = next(iter(feeds.values()), None)
     real = int(first.shape[0]) if first is not None and first.ndim else 1
     return feeds, real
@@ -87,6 +88,38 @@ def _feeds(sess, batch: int, seed: int) -> tuple[dict, int]:
 
 def _session(path: str, threads: int, provider: str):
     return make_session(path, threads=threads, provider=provider)
+
+
+def node_placement(path: str, feeds: dict, threads: int, provider: str) -> dict:
+    """Which execution provider ran each node, from one profiled run (ONNX Runtime's own
+    trace): {"nodes": [{"name", "op", "provider"}], "by_provider": {provider: count}}. Nodes
+    after ONNX Runtime's graph optimizations (fused nodes count once)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="graphprune-profile-") as d:
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(d, "run")
+        opts.log_severity_level = 4
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, sess_options=opts, providers=providers_for(provider))
+        sess.run(None, feeds)
+        trace = json.loads(Path(sess.end_profiling()).read_text())
+    nodes, seen = [], set()
+    for e in trace:
+        args = e.get("args") or {}
+        if e.get("cat") != "Node" or "provider" not in args:
+            continue
+        name = e.get("name", "").removesuffix("_kernel_time")
+        if name in seen:
+            continue
+        seen.add(name)
+        nodes.append({"name": name, "op": args.get("op_name"), "provider": args["provider"]})
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n["provider"]] = counts.get(n["provider"], 0) + 1
+    return {"nodes": nodes, "by_provider": counts, "session_providers": sess.get_providers()}
 
 
 def _warm(sess, names, feeds, warmup: int) -> None:
@@ -116,7 +149,8 @@ def _stats(ms: list[float], batch: int) -> dict:
 
 def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, batch: int = 1,
             provider: str = "CPUExecutionProvider", seed: int = 0,
-            show_progress: bool = False) -> dict:
+            show_progress: bool = False, shapes: dict | None = None,
+            placement: bool = True) -> dict:
     """Time one model in the current process; `benchmark()` runs this in a fresh child."""
     import onnxruntime  # noqa: F401  (imported before the baseline is taken)
 
@@ -125,28 +159,32 @@ def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, bat
     t0 = time.perf_counter()
     sess = _session(path, threads, provider)
     load_s = time.perf_counter() - t0
-    feeds, real_batch = _feeds(sess, batch, seed)
+    feeds, real_batch = _feeds(sess, batch, seed, shapes)
     names = [o.name for o in sess.get_outputs()]
     _warm(sess, names, feeds, warmup)
     ms = []
     for _ in bar(range(repeats), show_progress, f"bench {Path(path).name}", repeats):
         ms += _timed(sess, names, feeds, 1)
-    return {**_stats(ms, real_batch), "session_load_s": load_s,
-            "peak_rss_bytes": max(_peak_rss_bytes(), _rss_bytes()),
-            "baseline_rss_bytes": base_rss, "peak_from_baseline": peak_reset,
-            "providers": sess.get_providers()}
+    out = {**_stats(ms, real_batch), "session_load_s": load_s,
+           "peak_rss_bytes": max(_peak_rss_bytes(), _rss_bytes()),
+           "baseline_rss_bytes": base_rss, "peak_from_baseline": peak_reset,
+           "providers": sess.get_providers()}
+    if placement:  # after the peak was read: the profiled session does not count
+        out["placement"] = node_placement(path, feeds, threads, provider)
+    return out
 
 
 def measure_interleaved(paths: list[str], threads: int = 0, warmup: int = 5, repeats: int = 50,
                         batch: int = 1, provider: str = "CPUExecutionProvider", seed: int = 0,
-                        rounds: int = 10, show_progress: bool = False) -> list[dict]:
+                        rounds: int = 10, show_progress: bool = False,
+                        shapes: dict | None = None) -> list[dict]:
     """Time several models in one process, round-robin: each round runs every model
     repeats/rounds times. Load on the machine that drifts during the measurement then hits all
     models alike, so their latency *ratio* stays meaningful on a busy CI runner."""
     sessions = []
     for p in paths:
         sess = _session(p, threads, provider)
-        feeds, real_batch = _feeds(sess, batch, seed)
+        feeds, real_batch = _feeds(sess, batch, seed, shapes)
         names = [o.name for o in sess.get_outputs()]
         _warm(sess, names, feeds, warmup)
         sessions.append((sess, names, feeds, real_batch))
@@ -206,9 +244,7 @@ def _as_path(model, tmpdir: str, k: int = 0) -> tuple[str, onnx.ModelProto | Non
 def _check(threads, warmup, repeats, batch, provider) -> None:
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 0:
         raise UserError("--repeats and --batch must be >= 1, --warmup and --threads >= 0")
-    if provider not in available_providers():
-        raise UserError(f"execution provider {provider!r} is not available here; "
-                        f"available: {', '.join(available_providers())}")
+    resolve_provider(provider)
 
 
 def _file_bytes(path: str) -> int:
@@ -223,7 +259,8 @@ def _run_error(e: Exception) -> UserError:
 
 def benchmark(model, threads: int = 0, warmup: int = 5, repeats: int = 50, batch: int = 1,
               provider: str = "CPUExecutionProvider", seed: int = 0, isolate: bool = True,
-              progress: bool = False, cost: Callable | None = None) -> dict:
+              progress: bool = False, cost: Callable | None = None,
+              input_shapes: dict | None = None) -> dict:
     """Benchmark one model (path or ModelProto) with ONNX Runtime.
 
     Returns {"model", "provider", "threads", "warmup", "repeats", "batch", "latency_ms":
@@ -234,10 +271,12 @@ def benchmark(model, threads: int = 0, warmup: int = 5, repeats: int = 50, batch
     memory then includes everything this process did before).
     """
     _check(threads, warmup, repeats, batch, provider)
+    provider = resolve_provider(provider)
+    shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     with tempfile.TemporaryDirectory(prefix="graphprune-bench-") as tmp:
         path, proto = _as_path(model, tmp)
         kw = dict(threads=threads, warmup=warmup, repeats=repeats, batch=batch,
-                  provider=provider, seed=seed, show_progress=progress)
+                  provider=provider, seed=seed, show_progress=progress, shapes=shapes)
         log.debug("benchmark %s %s (isolate=%s)", path, kw, isolate)
         try:
             res = _in_child(measure, path, **kw) if isolate else measure(path, **kw)
@@ -254,11 +293,13 @@ def benchmark(model, threads: int = 0, warmup: int = 5, repeats: int = 50, batch
 def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int = 50,
                    batch: int = 1, provider: str = "CPUExecutionProvider", seed: int = 0,
                    progress: bool = False, memory: bool = True,
-                   cost: Callable | None = None) -> list[dict]:
+                   cost: Callable | None = None, input_shapes: dict | None = None) -> list[dict]:
     """Benchmark several models for comparison: latency interleaved in one child process
     (`measure_interleaved`), and with `memory` the peak RSS of each model in its own fresh
     child (a session plus a few runs). Same result keys as `benchmark`."""
     _check(threads, warmup, repeats, batch, provider)
+    provider = resolve_provider(provider)
+    shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     with tempfile.TemporaryDirectory(prefix="graphprune-bench-") as tmp:
         located = [_as_path(m, tmp, k) for k, m in enumerate(models)]
         paths = [p for p, _ in located]
@@ -266,9 +307,10 @@ def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int
         try:
             lat = _in_child(measure_interleaved, paths, threads=threads, warmup=warmup,
                             repeats=repeats, batch=batch, provider=provider, seed=seed,
-                            show_progress=progress)
+                            show_progress=progress, shapes=shapes)
             mem = [_in_child(measure, p, threads=threads, warmup=0, repeats=3, batch=batch,
-                             provider=provider, seed=seed) if memory else {} for p in paths]
+                             provider=provider, seed=seed, shapes=shapes) if memory else {}
+                   for p in paths]
         except Exception as e:
             raise _run_error(e) from e
         out = []
@@ -277,7 +319,7 @@ def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int
                  "threads": threads, "warmup": warmup, "repeats": repeats,
                  "latency_method": "interleaved", **li, "file_bytes": _file_bytes(path)}
             for k in ("peak_rss_bytes", "baseline_rss_bytes", "peak_from_baseline",
-                      "session_load_s"):
+                      "session_load_s", "placement"):
                 if k in mi:
                     r[k] = mi[k]
             if cost is not None:
@@ -329,6 +371,12 @@ def format_table(results: list[dict], comparison: dict | None = None) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(row, widths))) for row in cells]
+    for r in results:
+        placed = (r.get("placement") or {}).get("by_provider")
+        if placed:
+            name = Path(r["model"]).name if r.get("model") else "(in memory)"
+            lines.append(f"nodes run by ({name}): " + ", ".join(
+                f"{p} {n}" for p, n in sorted(placed.items())))
     r0 = results[0]
     threads = r0["threads"] or "onnxruntime default"
     lines.append(f"provider {r0['provider']}, intra-op threads {threads}, "

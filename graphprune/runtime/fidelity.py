@@ -21,8 +21,8 @@ import logging
 import numpy as np
 import onnx
 
-from ..ir.inputs import feed_batches, input_specs, random_feeds, static_batch
-from .session import run, session
+from ..ir.inputs import feed_batches, input_specs, random_feeds, static_batch, with_shapes
+from .session import DEFAULT_PROVIDER, run, session
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,13 @@ CHUNK = 64
 
 
 def batches(model: onnx.ModelProto, calib: dict | None, samples: int = RANDOM_SAMPLES,
-            seed: int = 0) -> list[dict]:
+            seed: int = 0, shapes: dict | None = None) -> list[dict]:
     """Feeds to run: calibration arrays cut to the model's batch, or `samples` random samples.
 
     A model with a static batch of b gets chunks of b samples; a symbolic batch gets chunks of
     up to CHUNK samples.
     """
-    specs = input_specs(model)
+    specs = with_shapes(input_specs(model), shapes)
     static = static_batch(specs)
     if calib is None:
         if static is None:
@@ -95,11 +95,13 @@ def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
 
 
 def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
-             seed: int = 0, calib_name: str | None = None) -> dict:
-    """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring."""
+             seed: int = 0, calib_name: str | None = None, shapes: dict | None = None,
+             provider: str = DEFAULT_PROVIDER) -> dict:
+    """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring.
+    `shapes` fixes the dims of named inputs of the random samples."""
     original, pruned = _proto(original), _proto(pruned)
-    osess, psess = session(original), session(pruned)
-    feeds = batches(original, calib, samples, seed)
+    osess, psess = session(original, provider=provider), session(pruned, provider=provider)
+    feeds = batches(original, calib, samples, seed, shapes)
     ref, out = run_all(osess, feeds), run_all(psess, feeds)
     res = compare_outputs(ref, out, use_top1=calib is not None)
     n = sum(len(next(iter(f.values()))) if f else 1 for f in feeds)

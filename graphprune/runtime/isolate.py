@@ -30,12 +30,12 @@ def _forking() -> bool:
 class Pending:
     """A function running in a child process (or, without fork, its finished result)."""
 
-    def __init__(self, fn, args, crash):
+    def __init__(self, fn, args, crash, fork: bool = True):
         self.crash = crash
         self.pid = None
         self._done = False
         self._value = self._error = None
-        if not _forking():
+        if not (fork and _forking()):
             try:
                 self._value = fn(*args)
             except BaseException as e:  # noqa: BLE001  (raised by result(), like a child's)
@@ -117,10 +117,11 @@ class Pending:
             msg if kind in _ERRORS else f"{kind}: {msg}")
 
 
-def start(fn, *args, crash) -> Pending:
+def start(fn, *args, crash, fork: bool = True) -> Pending:
     """Start `fn(*args)` in a forked child; `crash(reason)` builds the exception raised when
-    the child dies."""
-    return Pending(fn, args, crash)
+    the child dies. `fork=False` runs it here (an accelerator's context does not survive a
+    fork)."""
+    return Pending(fn, args, crash, fork)
 
 
 def isolated(fn, *args, crash):

@@ -37,6 +37,32 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+                    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider",
+                    "dml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider"}
+
+
+def resolve_provider(name: str | None) -> str:
+    """The execution provider `name` (or its short form: cpu, cuda, tensorrt, openvino,
+    coreml, ...) when the installed onnxruntime has it; else a UserError naming those it has."""
+    if not name:
+        return DEFAULT_PROVIDER
+    full = PROVIDER_ALIASES.get(name.lower(), name)
+    have = available_providers()
+    if full not in have:
+        from ..errors import UserError
+
+        raise UserError(f"execution provider {name!r} is not available in this onnxruntime "
+                        f"build; available: {', '.join(have)}")
+    return full
+
+
+def providers_for(provider: str) -> list[str]:
+    """The provider list of a session: nodes the provider cannot run fall back to the CPU."""
+    return [provider] if provider == DEFAULT_PROVIDER else [provider, DEFAULT_PROVIDER]
+
+
 def session(model: onnx.ModelProto | str | bytes, threads: int = 0,
             provider: str = DEFAULT_PROVIDER, low_memory: bool = False) -> ort.InferenceSession:
     """A session from a ModelProto, serialized bytes or a path (external data beside it)."""
@@ -49,19 +75,22 @@ def session(model: onnx.ModelProto | str | bytes, threads: int = 0,
         opts.add_session_config_entry("session.disable_prepacking", "1")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, sess_options=opts, providers=[provider])
+    return ort.InferenceSession(src, sess_options=opts, providers=providers_for(provider))
 
 
 def random_inputs(sess: ort.InferenceSession, seed: int = 0, dynamic: int = 1,
-                  batch: int = 1) -> dict[str, np.ndarray]:
+                  batch: int = 1, shapes: dict | None = None) -> dict[str, np.ndarray]:
     """Random feeds matching a session's inputs; symbolic dims get `batch` (axis 0) or
-    `dynamic` (other axes). Integer inputs get small non-negative values (safe as indices).
-    The same values `graphprune.ir.inputs.random_feeds` makes from the model's graph inputs."""
+    `dynamic` (other axes), inputs named in `shapes` get those dims. Integer inputs get small
+    non-negative values (safe as indices). The same values
+    `graphprune.ir.inputs.random_feeds` makes from the model's graph inputs."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else dynamic)
                  for k, d in enumerate(i.shape)]
+        if shapes and i.name in shapes:
+            shape = [int(d) for d in shapes[i.name]]
         dt = _ORT_TYPES.get(i.type, np.float32)
         if dt == np.bool_:
             feeds[i.name] = rng.random(shape) > 0.5

@@ -18,7 +18,7 @@ from ..ir.sanity import check_model, first_line
 from .fidelity import cosine_fidelity
 from ..ir.shapes import inference_copy
 from .isolate import Pending, start
-from .session import background_threads, random_inputs, run, session
+from .session import DEFAULT_PROVIDER, background_threads, random_inputs, run, session
 
 Reference = tuple[dict, dict]  # (feeds, outputs of the original)
 
@@ -34,11 +34,12 @@ def _sizes(sess) -> tuple[int, ...]:
     return (16, 1, 224, 64)
 
 
-def _feeds_for(original_sess, seed: int):
-    """Random inputs the original model accepts (tries a few sizes for symbolic dims)."""
+def _feeds_for(original_sess, seed: int, shapes: dict | None = None):
+    """Random inputs the original model accepts (tries a few sizes for symbolic dims; inputs
+    named in `shapes` get those dims)."""
     last = None
     for dyn in _sizes(original_sess):
-        feeds = random_inputs(original_sess, seed=seed, dynamic=dyn)
+        feeds = random_inputs(original_sess, seed=seed, dynamic=dyn, shapes=shapes)
         try:
             return feeds, run(original_sess, feeds)
         except Exception as e:  # the original rejects these sizes; try others
@@ -48,10 +49,12 @@ def _feeds_for(original_sess, seed: int):
 
 
 def start_reference(original: onnx.ModelProto | str, seed: int = 0,
-                    low_memory: bool = False) -> Pending:
+                    low_memory: bool = False, shapes: dict | None = None,
+                    provider: str = DEFAULT_PROVIDER) -> Pending:
     """Start the original's reference run in a child process and return at once: the caller
     goes on (analysis, scoring, rewrite) while ONNX Runtime loads and runs the original."""
-    return start(_reference, original, seed, low_memory,
+    return start(_reference, original, seed, low_memory, shapes, provider,
+                 fork=provider == DEFAULT_PROVIDER,
                  crash=lambda why: UserError(f"onnxruntime crashed ({why}) running the input "
                                              "model on random inputs; graphprune cannot "
                                              "validate a pruned version of it"))
@@ -66,40 +69,46 @@ def reference(original: onnx.ModelProto | str, seed: int = 0, low_memory: bool =
     return start_reference(original, seed, low_memory).result()
 
 
-def _reference(original, seed: int, low_memory: bool) -> Reference:
+def _reference(original, seed: int, low_memory: bool, shapes: dict | None = None,
+               provider: str = DEFAULT_PROVIDER) -> Reference:
     try:
         # one core is left to the parent, which analyzes while this runs
-        sess = session(original, low_memory=low_memory, threads=background_threads())
+        sess = session(original, low_memory=low_memory, threads=background_threads(),
+                       provider=provider)
     except Exception as e:
         raise UserError(f"onnxruntime cannot load the input model ({first_line(e, 300)}); every "
                         "pruned model is checked in onnxruntime, so graphprune prunes only "
                         "models it can run") from e
-    return _feeds_for(sess, seed)
+    return _feeds_for(sess, seed, shapes)
 
 
 def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: int = 0,
-             original_sess=None, ref: Reference | Pending | None = None) -> dict:
+             original_sess=None, ref: Reference | Pending | None = None,
+             provider: str = DEFAULT_PROVIDER) -> dict:
     """Run all checks on an in-memory pruned model; returns fidelity numbers on the random
     inputs used. `ref` (from `reference`, or a `start_reference` still running) saves running
     the original again. The ONNX checker (on the graph without weight bytes) runs here while
     ONNX Runtime runs the pruned model in a child."""
     if ref is None:
         ref = reference(original, seed, original_sess=original_sess)
-    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=False)
+    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=False, provider=provider)
 
 
-def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True) -> dict:
+def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True,
+                  provider: str = DEFAULT_PROVIDER) -> dict:
     """All checks on a written model file (its external data beside it): the ONNX checker on
     the file while ONNX Runtime runs it in a child."""
-    return _checked_run(str(path), str(path), ref, low_memory)
+    return _checked_run(str(path), str(path), ref, low_memory, provider)
 
 
-def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool) -> dict:
+def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool,
+                 provider: str = DEFAULT_PROVIDER) -> dict:
     """ONNX Runtime runs `pruned` in a child on the reference's inputs while the ONNX checker
     checks `checked` here; then the outputs are compared with the reference."""
     if isinstance(ref, Pending):
         ref = ref.result()
-    run_ = start(_run_pruned, pruned, ref[0], low_memory,
+    run_ = start(_run_pruned, pruned, ref[0], low_memory, provider,
+                 fork=provider == DEFAULT_PROVIDER,
                  crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
                                                    "pruned model"))
     try:
@@ -122,8 +131,8 @@ def _compare(out: dict, ref: Reference) -> dict:
     return cosine_fidelity(want, out)
 
 
-def _run_pruned(pruned, feeds: dict, low_memory: bool) -> dict:
+def _run_pruned(pruned, feeds: dict, low_memory: bool, provider: str = DEFAULT_PROVIDER) -> dict:
     try:
-        return run(session(pruned, low_memory=low_memory), feeds)
+        return run(session(pruned, low_memory=low_memory, provider=provider), feeds)
     except Exception as e:
         raise ValidationError(f"onnxruntime cannot run the pruned model: {first_line(e, 300)}") from e
