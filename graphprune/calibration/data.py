@@ -39,6 +39,8 @@ def load_calibration(source, model: onnx.ModelProto, preprocess: str = "imagenet
     integer per line, same order as the samples) is kept for label-aware criteria."""
     if isinstance(source, Calibration):
         cal = source
+    elif hasattr(source, "get_next") or _feed_iterable(source):
+        cal = Calibration(concat_feeds(source), source="reader")
     elif isinstance(source, dict):
         cal = Calibration({k: np.asarray(v) for k, v in source.items()}, source="arrays")
     elif isinstance(source, (int, np.integer)) and not isinstance(source, bool):
@@ -68,6 +70,39 @@ def load_calibration(source, model: onnx.ModelProto, preprocess: str = "imagenet
     if cal.n == 0:
         raise UserError("calibration data has no samples")
     return cal
+
+
+def _feed_iterable(source) -> bool:
+    return not isinstance(source, (str, bytes, Path, dict, np.ndarray, int, np.integer)) \
+        and hasattr(source, "__iter__")
+
+
+def concat_feeds(source) -> dict[str, np.ndarray]:
+    """Feed dicts (an iterable, or an ONNX Runtime `CalibrationDataReader`: `get_next()` until
+    it returns None) joined along axis 0."""
+    if hasattr(source, "get_next"):
+        def read():
+            while (item := source.get_next()) is not None:
+                yield item
+        items = read()
+    else:
+        items = iter(source)
+    parts: dict[str, list] = {}
+    for k, feeds in enumerate(items):
+        if not isinstance(feeds, dict):
+            raise UserError(f"calibration item {k} is a {type(feeds).__name__}, not a dict of "
+                            "arrays keyed by input name")
+        if parts and set(feeds) != set(parts):
+            raise UserError(f"calibration item {k} has inputs {sorted(feeds)}, the first had "
+                            f"{sorted(parts)}")
+        for name, v in feeds.items():
+            parts.setdefault(name, []).append(np.asarray(v))
+    if not parts:
+        raise UserError("calibration data has no samples")
+    try:
+        return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    except ValueError as e:
+        raise UserError(f"calibration items do not stack along axis 0: {e}") from e
 
 
 def random_feeds(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.ndarray]:

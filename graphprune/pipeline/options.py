@@ -117,6 +117,11 @@ class PruneOptions:
         self.input_shapes = parse_input_shapes(self.input_shapes)
         self.provider = resolve_provider(self.provider)
         compensation_mode(self)  # refuses an unknown mode
+        if self.steps > 1 and (compensation_mode(self) is None or not self.has_calibration):
+            raise UserError("--steps needs compensation on calibration data (obspa or flap "
+                            "with --calib/--calib-random/--calib-text): without it, pruning "
+                            "in steps measured worse than in one shot (README, Iterative "
+                            "pruning)")
 
     @property
     def criterion_name(self) -> str:
