@@ -51,7 +51,7 @@ def test_prune_default_output_and_report(demo, tmp_path):
     for g in data["groups"]:
         assert set(g) >= {"id", "kind", "size_before", "size_after", "members", "frozen_reason"}
     assert set(data["timings_s"]) >= {"load", "analyze", "score", "rewrite", "validate", "write"}
-    assert "params" in r.stdout and "MACs" in r.stdout
+    assert "Params" in r.stdout and "MACs" in r.stdout
     assert not list(tmp_path.glob(".*.tmp")), "no temp files left behind"
 
 
@@ -123,5 +123,6 @@ def test_help_documents_options():
     r = gp("--help")
     assert r.returncode == 0 and "analyze" in r.stdout
     r = gp("prune", "--help")
-    for opt in ("--ratio", "--criterion", "--global", "--round-to", "--protect", "--report"):
+    for opt in ("--ratio", "--criterion", "--global-rank", "--round-to", "--protect", "--report",
+                "--ratio-for", "--plan", "--config", "--steps", "--input-shapes"):
         assert opt in r.stdout

@@ -63,3 +63,16 @@ def test_readme_criterion_scores_and_ranks_a_dead_unit_last(registered):
 
 def test_readme_op_rule_registers(registered):
     assert ("", "Softsign2") in RULES
+
+
+def test_readme_criterion_function_prunes_with_calibration():
+    (code,) = [b for b in _blocks() if "def l1_times_rms" in b]
+    ns: dict = {}
+    exec(compile(code, str(README), "exec"), ns)
+    x = {"x": np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)}
+    for calib in (None, x):
+        res = graphprune.prune(_model(dead=3), ratio=0.5, criterion=ns["l1_times_rms"],
+                               calib=calib)
+        (entry,) = [g for g in res.report["groups"] if g["frozen_reason"] is None]
+        assert entry["size_after"] == 3 and 3 not in entry["kept"]
+        assert res.report["criterion"] == "l1_times_rms"
