@@ -126,7 +126,7 @@ def test_deterministic_in_memory_output_and_report(tmp_path):
         d = tmp_path / str(k)
         d.mkdir()
         run_cli(root / "models" / "demo.onnx", "-o", d / "o.onnx", "--report", d / "r.json",
-                "--quiet", "--global", "--round-to", "4")
+                "--quiet", "--global-rank", "--round-to", "4")
         rep = json.loads((d / "r.json").read_text())
         rep.pop("timings_s")
         rep["output"] = Path(rep["output"]).name

@@ -57,7 +57,7 @@ def test_prune_default_output_and_report(demo, tmp_path):
 
 def test_explicit_output_and_options(demo, tmp_path):
     out = tmp_path / "small.onnx"
-    r = gp(demo, "--ratio", "0.5", "-o", out, "--global", "--round-to", "4", "--criterion",
+    r = gp(demo, "--ratio", "0.5", "-o", out, "--global-rank", "--round-to", "4", "--criterion",
            "random", "--seed", "3", "--quiet")
     assert r.returncode == 0, r.stderr
     assert out.exists() and r.stdout == ""

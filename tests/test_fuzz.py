@@ -237,7 +237,7 @@ def cases(draw, kinds=tuple(STRUCTURAL + BYTEWISE)):
         assume(not (path.parent.name == "light" and _symbolic_spatial(m)))
         out = m.SerializeToString()
     flags = draw(st.sampled_from([["--ratio", "0.3"], ["--ratio", "0.9"],
-                                  ["--ratio", "0.5", "--global", "--round-to", "4"]]))
+                                  ["--ratio", "0.5", "--global-rank", "--round-to", "4"]]))
     return path.name, steps, Blob(out), flags
 
 
