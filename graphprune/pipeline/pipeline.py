@@ -149,8 +149,8 @@ def _run(state: PruneState, stages: tuple[Stage, ...]) -> None:
 def plan_document(state: PruneState) -> dict:
     """The run's plan as a JSON-ready document (see `graphprune.pipeline.plans`)."""
     options = {"criterion": state.options.criterion_name, **(state.report or {}).get("target", {})}
-    return plans.document(state.graph, state.plan, state.fingerprint, options, state.blocks,
-                          state.source.path)
+    return plans.document(state.graph, state.plan, s.input_fingerprint(state), options,
+                          state.blocks, state.source.path)
 
 
 def result_of(state: PruneState) -> PruneResult:
@@ -160,7 +160,8 @@ def result_of(state: PruneState) -> PruneResult:
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
                        scores=state.scores, source_files=list(src.files),
-                       copies=dict(state.copies or {}), plan_document=plan_document(state),
+                       copies=dict(state.copies or {}),
+                       plan_source=lambda: plan_document(state),
                        provider=state.options.provider)
 
 
@@ -199,7 +200,7 @@ def plan(model, ratio: float = 0.3, criterion="magnitude",
                        in_memory=s.needs_weights_in_memory(opts))
     run_stages(state, PIPELINE[:next(k for k, st in enumerate(PIPELINE)
                                      if st.name == "select") + 1])
-    doc = plans.document(state.graph, state.plan, state.fingerprint,
+    doc = plans.document(state.graph, state.plan, s.input_fingerprint(state),
                          {"criterion": opts.criterion_name, "ratio": opts.ratio},
                          state.blocks, state.source.path)
     return plans.PrunePlan(doc, plans.unit_scores(state.graph, state.scores))

@@ -5,6 +5,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import onnx
 
@@ -36,7 +37,16 @@ class PruneResult:
     scores: dict = field(default_factory=dict)  # group id -> the criterion's unit scores
     source_files: list | None = None  # the input's external data files, when known
     copies: dict = field(default_factory=dict)  # untied constant copy -> the constant it copies
-    plan_document: dict | None = None  # the kept units of every group, as --save-plan writes
+    plan_source: Callable[[], dict] | None = None  # makes plan_document when first asked
+    _plan_document: dict | None = None
+
+    @property
+    def plan_document(self) -> dict | None:
+        """The kept units of every group, as --save-plan writes them (made when first asked:
+        it names the model by a hash, which costs as much as writing the model)."""
+        if self._plan_document is None and self.plan_source is not None:
+            self._plan_document = self.plan_source()
+        return self._plan_document
     provider: str = "CPUExecutionProvider"  # of the validation run at save time
 
     @property

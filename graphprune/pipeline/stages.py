@@ -92,10 +92,22 @@ def prepare(state: PruneState) -> None:
     work = state.source.work
     view = GraphView(work)
     params = count_params(view)
-    state.fingerprint = fingerprint(work)
+    if state.options.plan is not None:  # compared with the plan's (else computed when asked)
+        state.fingerprint = fingerprint(work)
     state.copies = untie_shared_constants(work, view)
     state.view = model_view(work)
     state.before = {"params": params, "macs": count_macs(state.view), "ops": op_counts(work)}
+
+
+def input_fingerprint(state: PruneState) -> str:
+    """The input graph's fingerprint (plans name the model they fit). Hashing a model costs as
+    much as writing it, so it is computed only when a plan is read or written: from the input
+    as it was read (the work model has been untied and rewritten since)."""
+    if state.fingerprint is None:
+        original = state.source.original
+        state.fingerprint = fingerprint(original if isinstance(original, onnx.ModelProto)
+                                        else open_model(original)[0])
+    return state.fingerprint
 
 
 def load_calibration(state: PruneState) -> None:
@@ -175,7 +187,7 @@ def score(state: PruneState) -> None:
 
 def select(state: PruneState) -> None:
     if state.options.plan is not None:
-        state.plan = plan_from(state.options.plan, state.graph, state.fingerprint)
+        state.plan = plan_from(state.options.plan, state.graph, input_fingerprint(state))
         return
     state.plan = select_units(state.graph, state.scores, target(state))
 
