@@ -468,7 +468,7 @@ class _HashingSink:
 
     def write(self, b) -> int:
         m = memoryview(b)
-        if not m.contiguous:
+        if not m.c_contiguous:
             m = memoryview(m.tobytes())
         m = m.cast("B")
         self._f.write(m)
