@@ -45,8 +45,9 @@ while it streams. The same model therefore gets byte-identical files in any fold
 run, and a new data file never takes the name of the one the previous model reads unless their
 bytes are the same. Commit renames the data file first, then the model (which references it),
 then removes the previous model's data file. A reader sees, at every instant and even after a
-SIGKILL or power loss between any two steps (each rename is followed by an fsync of the
-folder), either the old complete pair or the new complete pair. What is removed after the
+SIGKILL between any two steps, either the old complete pair or the new complete pair; files
+are fsynced before they are renamed and the folder after each rename, so the order also holds
+on disk after a crash of the machine. What is removed after the
 switch: files beside the model named `<model name>.data` (the fixed name of older versions) or
 `<model name>.<16 hex>.data` that the new model does not use and that are not protected. A
 reader that has already opened the old data file keeps reading it (POSIX unlink); one that read
@@ -698,8 +699,8 @@ class OutputSet:
         if s is not None:
             return s
         _folder_writable(folder, os.path.dirname(shown) or ".")
-        try:
-            with _folder_locks([folder], self._timeout) as locked:
+        try:  # signals held: a staging folder is either registered here or never made
+            with _signals_deferred(), _folder_locks([folder], self._timeout) as locked:
                 if locked[folder]:
                     _sweep(folder)
                 path = tempfile.mkdtemp(prefix=STAGE_PREFIX, suffix=STAGE_SUFFIX, dir=folder)
