@@ -454,8 +454,7 @@ class _Target:
 class _Stage:
     folder: str
     path: str
-    fd: int
-    lockable: bool = False
+    fd: int  # held open and flocked while the set lives: marks the staging folder in use
 
 
 class _HashingSink:
@@ -709,7 +708,8 @@ class OutputSet:
                 except BaseException:
                     os.rmdir(path)
                     raise
-                s = _Stage(folder=folder, path=path, fd=fd, lockable=_flock(fd, None) is True)
+                _flock(fd, None)  # a new folder: free, unless flock is unsupported
+                s = _Stage(folder=folder, path=path, fd=fd)
                 self._stages[folder] = s
         except OSError as e:
             raise _error(e, shown) from e
