@@ -1,8 +1,8 @@
-"""graphprune.writer under faults: a full disk, I/O errors, a read-only file system, a writer
+"""graphprune.ir.writer under faults: a full disk, I/O errors, a read-only file system, a writer
 killed (SIGKILL, SIGTERM, SIGINT) between any two steps of a model + data file switch, and two
 processes writing the same output at once.
 
-The killed writers run in child processes that load only `graphprune.writer` (no onnx, so each
+The killed writers run in child processes that load only `graphprune.ir.writer` (no onnx, so each
 starts in milliseconds) and stop at a named step through the writer's test hook; the checks load
 the result with onnx and run it in ONNX Runtime.
 """
@@ -28,7 +28,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import graphprune
-from graphprune import writer
+from graphprune.ir import writer
 from graphprune.errors import UserError
 
 PKG = str(Path(graphprune.__file__).parent)
@@ -39,10 +39,11 @@ OPSET = 17
 CHILD = r'''
 import json, os, signal, sys, time, types
 cfg = json.load(open(sys.argv[1]))
-pkg = types.ModuleType("graphprune")
-pkg.__path__ = [cfg["pkg"]]
-sys.modules["graphprune"] = pkg  # the writer alone: no onnx, no numpy
-from graphprune import writer
+for name, sub in (("graphprune", ""), ("graphprune.ir", "ir")):
+    pkg = types.ModuleType(name)  # the writer alone: no onnx, no numpy
+    pkg.__path__ = [os.path.join(cfg["pkg"], sub)]
+    sys.modules[name] = pkg
+from graphprune.ir import writer
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
 writer.install_signal_handlers()
@@ -55,7 +56,7 @@ def hook(step):
         os.read(0, 1)  # the parent sends the signal, then releases us
 
 
-writer._hook = hook
+writer.set_step_hook(hook)
 
 
 def stream(f):
@@ -66,7 +67,7 @@ def stream(f):
             if not b:
                 break
             f.write(b)
-            writer._step("chunk:%d" % i)
+            writer.steps.step("chunk:%d" % i)
             i += 1
             if cfg["sleep"]:
                 time.sleep(cfg["sleep"])
@@ -486,7 +487,7 @@ def test_permission_denied_while_staging(tmp_path, monkeypatch):
     def deny(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(writer.tempfile, "mkdtemp", deny)
+    monkeypatch.setattr(writer.outputs.tempfile, "mkdtemp", deny)
     with pytest.raises(UserError, match="Permission denied") as e:
         writer.atomic_write_text(tmp_path / "r.json", "x")
     assert "\n" not in str(e.value)

@@ -1,4 +1,4 @@
-"""graphprune.writer: what it refuses to write, how a set of outputs commits or leaves nothing,
+"""graphprune.ir.writer: what it refuses to write, how a set of outputs commits or leaves nothing,
 how a model's data file is named and switched, signals and forked children.
 
 Faults (full disk, kills, concurrent writers) are in test_write_faults.py.
@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from graphprune import writer
+from graphprune.ir import writer
 from graphprune.errors import UserError
 
 
@@ -488,14 +488,14 @@ def test_signal_during_commit_is_held_until_it_is_done(tmp_path, monkeypatch):
         if step.startswith("renamed:") and step.endswith(".data"):
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(writer, "_hook", hook)
+    monkeypatch.setattr(writer.steps, "_hook", hook)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignored
     try:
         with pytest.raises(KeyboardInterrupt):
             write_pair(tmp_path, 3 * w)
     finally:
         signal.signal(signal.SIGINT, old)
-    monkeypatch.setattr(writer, "_hook", None)
+    monkeypatch.setattr(writer.steps, "_hook", None)
     m = onnx.load(str(tmp_path / "o.onnx"))
     assert np.array_equal(onnx.numpy_helper.to_array(m.graph.initializer[0]), 3 * w)
     assert len(os.listdir(tmp_path)) == 2
@@ -557,7 +557,7 @@ def test_forked_child_does_not_clean_up_the_parents_files(tmp_path, handlers):
 
 def test_install_signal_handlers_keeps_ignored_signals(handlers):
     """A signal the process ignores (SIGHUP under nohup) stays ignored; SIGTERM is ours."""
-    assert signal.getsignal(signal.SIGTERM) is writer._on_signal
+    assert signal.getsignal(signal.SIGTERM) is writer.signals._on_signal
     restore = writer.install_signal_handlers()
     restore()
     old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
