@@ -121,6 +121,8 @@ class OutputSet:
         self._stages: dict[str, _Stage] = {}
         self._targets: list[_Target] = []
         self._state = "open"
+        self._on_abort: list[Callable[[], Any]] = []
+        self._made: list[str] = []  # folders create_folders made, innermost first
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> "OutputSet":
@@ -261,11 +263,16 @@ class OutputSet:
         if self._create and isinstance(raw, str) and raw not in ("", "-"):
             folder = os.path.dirname(raw)
             if folder and not os.path.isdir(folder) and not raw.endswith(os.sep):
+                missing, up = [], os.path.abspath(folder)
+                while not os.path.lexists(up):
+                    missing.append(up)
+                    up = os.path.dirname(up)
                 try:
                     os.makedirs(folder, exist_ok=True)
                 except OSError as e:
                     raise UserError(f"{folder}: cannot make the output folder: "
                                     f"{e.strerror or e}") from None
+                self._made += missing  # removed again (when still empty) if the set aborts
         shown, folder, name = _split(raw)
         target = os.path.join(folder, name)
         _check_existing(target, shown)
@@ -424,6 +431,12 @@ class OutputSet:
         with signals_deferred():
             self._cleanup("aborted")
 
+    def on_abort(self, fn: Callable[[], Any]) -> None:
+        """Call `fn()` if the set aborts (e.g. to mark objects that referred to staged files as
+        unusable); never called once the set has committed."""
+        self._own()
+        self._on_abort.append(fn)
+
     def _cleanup(self, state: str) -> None:
         self._state = state
         for s in self._stages.values():
@@ -432,6 +445,16 @@ class OutputSet:
         self._stages.clear()
         if state == "committed":
             _step("committed")
+        else:
+            for folder in self._made:
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty (someone else's files), or gone
+                    continue
+            for fn in self._on_abort:
+                fn()
+        self._made.clear()
+        self._on_abort.clear()
 
 
 # ====================================================================== one file
