@@ -3,7 +3,9 @@
 Loading never trusts the file. Before any data is read:
 
 * every external-data `location` must stay inside the model's folder (no absolute path, no `..`,
-  no symlink leading out), checked for every tensor before any data file is opened;
+  no symlink leading out; a model file that is itself a symlink may also read data files lying
+  beside its real path, as in a Hugging Face cache), checked for every tensor before any data
+  file is opened; a hard-linked data file is refused;
 * every tensor's declared shape must match the bytes it stores, inline or in its data file, so a
   tensor declaring 10^12 elements is refused before anything is allocated;
 * the graph must be well formed (`graphprune.ir.sanity.check_graph_sanity`).
@@ -22,8 +24,8 @@ from onnx import TensorProto
 from ..errors import UserError
 from .sanity import check_graph_sanity
 from .storage import (KNOWN_KEYS, LAZY_MIN_BYTES, SUBBYTE_BITS, ExternalInfo, WeightStore,
-                      all_tensors, ext_info, load_inline, numel, resolve_location, set_external,
-                      storage_nbytes)
+                      all_tensors, ext_info, load_inline, model_folders, numel, resolve_location,
+                      set_external, storage_nbytes)
 
 
 def _check_payload(t: TensorProto, where: str) -> None:
@@ -55,8 +57,9 @@ def _check_payload(t: TensorProto, where: str) -> None:
                         "elements) but stores a different number of values")
 
 
-def check_tensor_storage(model: onnx.ModelProto, folder: str | None,
-                         where: str = "") -> list[tuple[TensorProto, bool, str, ExternalInfo]]:
+def check_tensor_storage(model: onnx.ModelProto, folder: str | None, where: str = "",
+                         also: str | None = None
+                         ) -> list[tuple[TensorProto, bool, str, ExternalInfo]]:
     """Refuse hostile or inconsistent tensor storage; returns the external tensors with their
     resolved data file.
 
@@ -77,7 +80,8 @@ def check_tensor_storage(model: onnx.ModelProto, folder: str | None,
             raise UserError(f"{where}tensor '{t.name}' keeps its data in an external file, but "
                             "the model's folder is unknown: load the model from its path")
         info = ext_info(t, where)
-        ext.append((t, main, resolve_location(folder, info.location, t.name, where), info))
+        ext.append((t, main, resolve_location(folder, info.location, t.name, where, also),
+                    info))
     for t, _, path, info in ext:
         if any(d < 0 for d in t.dims):
             raise UserError(f"{where}tensor '{t.name}' declares a negative dimension")
@@ -91,7 +95,13 @@ def check_tensor_storage(model: onnx.ModelProto, folder: str | None,
         if not os.path.isfile(path):
             raise UserError(f"{where}external data file of tensor '{t.name}' is missing: "
                             f"{info.location}")
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        if st.st_nlink > 1:
+            raise UserError(f"{where}external data file of tensor '{t.name}' ({info.location}) "
+                            f"has {st.st_nlink} hard links; refusing to read it (a hard link "
+                            "can bring any file of the file system into the model's folder): "
+                            "copy it")
+        size = st.st_size
         if info.offset + want > size:
             raise UserError(f"{where}tensor '{t.name}' needs bytes {info.offset}..."
                             f"{info.offset + want} of {info.location}, which has only {size}")
@@ -118,8 +128,8 @@ def open_model(path: str | os.PathLike, lazy: bool = True) -> tuple[onnx.ModelPr
         raise UserError(f"{p}: not a readable ONNX model ({_first_line(e)})") from e
     if not model.graph.node:
         raise UserError(f"{p}: the model has no graph nodes")
-    folder = os.path.dirname(os.path.abspath(str(p)))
-    ext = check_tensor_storage(model, folder, where)
+    folder, also = model_folders(p)
+    ext = check_tensor_storage(model, folder, where, also)
     kept = 0
     for t, main, file, info in ext:
         if lazy and main and storage_nbytes(t.data_type, numel(t.dims)) >= LAZY_MIN_BYTES:
@@ -130,7 +140,7 @@ def open_model(path: str | os.PathLike, lazy: bool = True) -> tuple[onnx.ModelPr
             load_inline(t, file, info)
     check_graph_sanity(model, where)
     files = sorted({Path(f) for _, _, f, _ in ext})
-    return model, (WeightStore(folder) if kept else None), files
+    return model, (WeightStore(folder, also) if kept else None), files
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -151,13 +161,14 @@ def data_files(path: str | os.PathLike) -> list[Path]:
     except Exception:
         return []
     out: list[Path] = []
+    folder, also = model_folders(p)
     for t, _ in all_tensors(m):
         if t.data_location != TensorProto.EXTERNAL:
             continue
         for e in t.external_data:
             if e.key == "location":
                 try:
-                    f = Path(resolve_location(str(p.parent), e.value, t.name))
+                    f = Path(resolve_location(folder, e.value, t.name, also=also))
                 except UserError:
                     continue
                 if f not in out and f.is_file():

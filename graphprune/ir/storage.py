@@ -80,8 +80,12 @@ def storage_nbytes(data_type: int, count: int) -> int | None:
         return None
 
 
-def resolve_location(folder: str, location: str, tensor: str, where: str = "") -> str:
-    """Absolute path of an external data file, refused unless it lies inside `folder`."""
+def resolve_location(folder: str, location: str, tensor: str, where: str = "",
+                     also: str | None = None) -> str:
+    """Absolute real path of an external data file, refused unless it lies inside `folder`
+    (the model's folder) or inside `also` (the folder of the model file's real path, when the
+    model file is a symlink: a Hugging Face cache keeps `snapshots/REV/model.onnx` and its data
+    file as links into `blobs/`, as ONNX Runtime accepts). Nothing is opened."""
     what = f"{where}external data of tensor '{tensor}'"
     if not location or "\x00" in location:
         raise UserError(f"{what} has no valid location")
@@ -92,10 +96,19 @@ def resolve_location(folder: str, location: str, tensor: str, where: str = "") -
         raise UserError(f"{what} points outside the model's folder ({location!r})")
     root = os.path.realpath(folder)
     real = os.path.realpath(os.path.join(root, location))
-    if os.path.commonpath([real, root]) != root:
+    roots = [root] + ([os.path.realpath(also)] if also else [])
+    if not any(os.path.commonpath([real, r]) == r for r in roots):
         raise UserError(f"{what} resolves outside the model's folder ({location!r} -> {real}); "
                         "refusing to read it")
     return real
+
+
+def model_folders(path: str | os.PathLike) -> tuple[str, str | None]:
+    """The folder external data locations of the model file at `path` are relative to, and the
+    folder of its real path when the file is a symlink elsewhere (else None)."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    real = os.path.dirname(os.path.realpath(os.fspath(path)))
+    return folder, (real if real != os.path.realpath(folder) else None)
 
 
 def _ir():
@@ -122,8 +135,9 @@ class WeightStore:
     are held once, as numpy arrays, and written straight from there.
     """
 
-    def __init__(self, folder: str | None):
+    def __init__(self, folder: str | None, also: str | None = None):
         self.folder = folder
+        self.also = also  # a second folder data files may resolve into (see resolve_location)
         self.arrays: dict[str, np.ndarray] = {}
         self._next = 0
         self.broken: str | None = None  # why this model can no longer be saved
@@ -170,7 +184,7 @@ class WeightStore:
         if self.folder is None:
             raise UserError(f"tensor '{t.name}' keeps its data in an external file, but the "
                             "model's folder is unknown: load the model from its path")
-        return resolve_location(self.folder, info.location, t.name)
+        return resolve_location(self.folder, info.location, t.name, also=self.also)
 
     def tensor(self, t: TensorProto):
         """`t` as an onnx-ir tensor for the data-file writer (no bytes read yet)."""
@@ -209,7 +223,7 @@ class WeightStore:
                 off, n = placed[t.name]
                 set_external(t, location, off, n)
         self.arrays.clear()
-        self.folder = folder
+        self.folder, self.also = folder, None
 
     def relocate(self, model: onnx.ModelProto, old: str, new: str) -> None:
         for t in model.graph.initializer:
