@@ -15,7 +15,7 @@ from ..calibration.stats import build_context
 from ..calibration.text import text_calibration
 from ..criteria import CRITERIA
 from ..criteria.custom import from_callable
-from ..errors import UserError
+from ..errors import UserError, ValidationError
 from ..ir import GraphView
 from ..ir.fold import static_view
 from ..ir.inputs import fix_input_shapes, restore_input_shapes
@@ -255,9 +255,13 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def validate(state: PruneState) -> None:
     """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
     whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
-    state.fidelity = runtime_validate.validate(None, state.source.work, seed=state.options.seed,
-                                               ref=state.reference,
-                                               provider=state.options.provider)
+    try:
+        state.fidelity = runtime_validate.validate(None, state.source.work,
+                                                   seed=state.options.seed, ref=state.reference,
+                                                   provider=state.options.provider)
+    except ValidationError as e:
+        runtime_validate.input_fails_too(state.source.original, e)
+        raise
 
 
 # ------------------------------------------------------------------------------ steps

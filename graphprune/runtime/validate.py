@@ -119,6 +119,20 @@ def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool,
     return _compare(run_.result(), ref)
 
 
+def input_fails_too(original: onnx.ModelProto | str | None, error: ValidationError) -> None:
+    """A pruned model the ONNX checker refuses: when the input fails the same check (the full
+    check, strict shape inference included, is stricter than the one an input must pass), the
+    input is at fault, and that is the error (a `UserError`) rather than a failed prune."""
+    if original is None or not str(error).startswith("onnx checker:"):
+        return
+    try:
+        check_model(original if isinstance(original, str) else inference_copy(original))
+    except ValidationError as e:
+        raise UserError(f"the input model already fails the ONNX checker's full check "
+                        f"({str(e)[len('onnx checker: '):]}); every pruned model must pass it, "
+                        "so graphprune cannot prune this one") from error
+
+
 def _compare(out: dict, ref: Reference) -> dict:
     _, want = ref
     if list(out) != list(want):

@@ -207,9 +207,10 @@ class Explainer:
         axis = 1 if y.ndim == 2 or not self.attention else y.ndim - 1
         if labels is not None and y.ndim == 2:
             t = np.asarray(labels, dtype=np.int64)
-            if t.min() < 0 or t.max() >= y.shape[1]:
+            bad = np.flatnonzero((t < 0) | (t >= y.shape[1]))
+            if len(bad):
                 raise UserError(f"--labels: class ids must be in [0, {y.shape[1]}) for output "
-                                f"'{out}', got {int(t.min())}..{int(t.max())}")
+                                f"'{out}', got {int(t[bad[0]])}")
         else:
             t = y.argmax(axis)
         shape = [1] * y.ndim
