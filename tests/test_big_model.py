@@ -40,6 +40,15 @@ def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def data_file(folder: Path, model: str) -> Path:
+    """The one data file of `model` in `folder`: `<model>.<first 16 hex of its SHA-256>.data`."""
+    found = [f for f in folder.iterdir() if f.name.startswith(model + ".")
+             and f.name.endswith(".data")]
+    assert len(found) == 1, found
+    assert found[0].name == f"{model}.{sha(found[0])[:16]}.data", found[0].name
+    return found[0]
+
+
 def run_cli(*args) -> None:
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 0, (r.stderr, r.exception)
@@ -50,16 +59,14 @@ def test_prune_external_data_model(llama, tmp_path):
     out, rep = tmp_path / "out.onnx", tmp_path / "report.json"
     run_cli(llama, "-o", out, "--ratio", "0.3", "--external-data", "--report", rep, "--quiet")
     assert {p: sha(p) for p in llama.parent.iterdir()} == inputs, "the input must not change"
-    data = tmp_path / "out.onnx.data"
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data",
-                                                          "report.json"]
+    data = data_file(tmp_path, "out.onnx")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.onnx", data.name, "report.json"]
     # the data file holds the weights; the model file only the graph
     assert out.stat().st_size < 64 * 1024 and data.stat().st_size > 5 * MB
     m = onnx.load(str(out), load_external_data=False)
     ext = [t for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL]
     assert len(ext) >= 20
-    assert all({e.key: e.value for e in t.external_data}["location"] == "out.onnx.data"
-               for t in ext)
+    assert all({e.key: e.value for e in t.external_data}["location"] == data.name for t in ext)
     onnx.checker.check_model(str(out), full_check=True)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"input_ids": np.array([[1, 5, 9, 4000]], dtype=np.int64)})[0]
@@ -115,7 +122,8 @@ def test_deterministic_external_output_and_report(llama, tmp_path):
         rep = json.loads((d / "r.json").read_text())
         rep.pop("timings_s")
         rep["output"] = Path(rep["output"]).name
-        outs.append((sha(d / "o.onnx"), sha(d / "o.onnx.data"), json.dumps(rep, sort_keys=True)))
+        outs.append((sha(d / "o.onnx"), sha(data_file(d, "o.onnx")),
+                     json.dumps(rep, sort_keys=True)))
     assert outs[0] == outs[1]
 
 
@@ -139,7 +147,7 @@ def test_in_memory_model_written_with_external_data(tmp_path):
     demo = Path(__file__).resolve().parent.parent / "models" / "demo.onnx"
     run_cli(demo, "-o", tmp_path / "ext.onnx", "--external-data", "--quiet")
     run_cli(demo, "-o", tmp_path / "one.onnx", "--quiet")
-    assert (tmp_path / "ext.onnx.data").stat().st_size > 50_000
+    assert data_file(tmp_path, "ext.onnx").stat().st_size > 50_000
     onnx.checker.check_model(str(tmp_path / "ext.onnx"), full_check=True)
     a = {t.name: numpy_helper.to_array(t) for t in
          onnx.load(str(tmp_path / "ext.onnx")).graph.initializer}

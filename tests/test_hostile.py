@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from onnx import helper, numpy_helper
 
 import graphprune
 from graphprune.ir import files as model_io
-from graphprune.ir import storage
+from graphprune.ir import storage, writer
 from graphprune.cli.main import main
 from graphprune.errors import ValidationError
 
@@ -332,15 +333,23 @@ def test_output_equal_to_input_refused(tmp_path):
 
 
 def test_output_overwriting_input_data_refused(tmp_path):
-    """OUT.data, or the report, would replace the data file the input model reads."""
+    """The report would replace the data file the input model reads: refused. An output model
+    whose old fixed data-file name (`x.onnx.data`) is the input's data file writes its own
+    content-named data file and leaves the input's in place (it is never removed as a
+    previous output's)."""
     d = tmp_path / "d"
     p = save_external(conv_model(), d, name="m.onnx")
     os.rename(d / "m.onnx.data", d / "x.onnx.data")
     for t in ("w1", "b1", "w2"):
         edit_external(p, t, location="x.onnx.data")
-    refused_untouched(d, [p, "-o", d / "x.onnx", "--external-data"], "would overwrite the input")
     refused_untouched(d, [p, "-o", d / "o.onnx", "--report", d / "x.onnx.data"],
                       "would overwrite the input")
+    inputs = {f: (d / f).read_bytes() for f in ("m.onnx", "x.onnx.data")}
+    r = cli(p, "-o", d / "x.onnx", "--external-data", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert {f: (d / f).read_bytes() for f in inputs} == inputs
+    data = [f.name for f in d.iterdir() if f.name.startswith("x.onnx.") and f.name != "x.onnx.data"]
+    assert len(data) == 1 and re.fullmatch(r"x\.onnx\.[0-9a-f]{16}\.data", data[0]), data
 
 
 def test_report_path_equal_to_output_refused(tmp_path):
@@ -372,7 +381,7 @@ def test_write_permission_error_is_one_line(tmp_path, monkeypatch):
     def deny(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(model_io.tempfile, "mkstemp", deny)
+    monkeypatch.setattr(writer.outputs.tempfile, "mkdtemp", deny)
     refused_untouched(tmp_path, [tmp_path / "demo.onnx", "-o", tmp_path / "o.onnx"],
                       "Permission denied")
 
@@ -409,7 +418,7 @@ def test_failure_mid_external_write_leaves_previous_output(previous_output, monk
     failing_in(onnx_ir.ExternalTensor)  # tensors copied from the input's data file
     failing_in(onnx_ir.Tensor)  # tensors the prune changed
     r = cli(p, "-o", out / "o.onnx", "--ratio", "0.2")
-    assert_refused(r, "No space left on device")
+    assert_refused(r, "no space left")
     assert len(calls) == 2, "the failure should hit in the middle of the data file"
     assert snapshot(out) == before
 
@@ -419,13 +428,11 @@ def test_failure_mid_inline_write_leaves_previous_output(tmp_path, monkeypatch):
     out = tmp_path / "o.onnx"
     out.write_bytes(b"previous output")
     before = snapshot(tmp_path)
-    real = model_io.write_bytes
 
-    def half(path, data):
-        real(path, data[: len(data) // 2])
+    def half(fd):  # the model's bytes are written, its fsync fails
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(model_io, "write_bytes", half)
+    monkeypatch.setattr(writer.outputs.os, "fsync", half)
     refused_untouched(tmp_path, [tmp_path / "demo.onnx", "-o", out], "Input/output error")
     assert snapshot(tmp_path) == before
 
@@ -437,7 +444,7 @@ def test_ctrl_c_during_write_exits_130_and_leaves_previous_output(previous_outpu
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(model_io, "write_bytes", interrupted)
+    monkeypatch.setattr(writer.outputs.os, "fsync", interrupted)
     r = cli(p, "-o", out / "o.onnx")
     assert r.exit_code == 130
     assert r.stderr.strip().splitlines() == ["graphprune: interrupted; no partial output left"]
@@ -473,7 +480,7 @@ def test_validation_failure_writes_nothing(previous_output, monkeypatch):
 def test_save_model_failure_keeps_existing_file(tmp_path, monkeypatch):
     target = tmp_path / "t.onnx"
     target.write_bytes(b"old")
-    monkeypatch.setattr(model_io.os, "replace",
+    monkeypatch.setattr(writer.outputs.os, "rename",
                         lambda *a: (_ for _ in ()).throw(OSError(errno.EXDEV, "cross-device")))
     with pytest.raises(graphprune.errors.UserError, match="cross-device"):
         model_io.save_model(conv_model(), target)

@@ -1,64 +1,26 @@
-"""Writing models and reports atomically, and refusing outputs that would destroy the input.
+"""Writing models and reports through the output writer, and refusing outputs that would destroy
+the input.
 
-Everything goes to temporary files in the target folder, is fsynced, checked when a check is
-asked for, and only then renamed over the target. External data (`OUT.data` beside the model)
-is written by `graphprune.ir.storage.write_data_file`. An interrupted or failed write leaves the
-target as it was.
+Every file goes through a `graphprune.ir.writer.OutputSet`: staged in the target folder,
+fsynced, checked when a check is asked for, and renamed into place when the set commits, with
+every other output of the command. A model's external data file is named after its content
+(`<model name>.<16 hex of its SHA-256>.data`, see the writer) and switched before the model, so
+a reader sees the old complete pair or the new one at every instant.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import onnx
 
 from ..errors import UserError
 from .load import data_files
 from .storage import (TWO_GB, WeightStore, approx_bytes, copy_fields, goes_external,
-                      has_external_tensors, set_external)
-
-
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def temp_in(folder: Path, name: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file should look normal
-    return tmp
-
-
-def fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+                      has_external_tensors, set_external, write_data)
+from .writer import OutputSet, check_targets
 
 
 def external_proto(model: onnx.ModelProto, location: str,
@@ -82,102 +44,65 @@ def external_proto(model: onnx.ModelProto, location: str,
     return out
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False,
-               store: WeightStore | None = None,
-               validate: Callable[[str], None] | None = None) -> int:
-    """Write atomically: temporary files in the target folder, fsync, `validate(temp_path)` if
-    given, then rename over the target. Returns bytes written (model + data file).
+def stage_model(out: OutputSet, model: onnx.ModelProto, path: str | os.PathLike,
+                external_data: bool = False, store: WeightStore | None = None,
+                validate: Callable[[str], None] | None = None) -> int:
+    """Stage `model` for `path` in `out` (it is renamed into place when the set commits, with
+    the set's other files), `validate(staged_model_path)` if given. Returns the bytes staged
+    (model + data file).
 
-    External data (`<name>.data` beside the model) is used on request, when the model's weights
-    are on disk (a lazily loaded model) and when the model would not fit one protobuf (> 2 GB).
-    After such a write `model` and `store` refer to the written data file, and the store's
-    in-memory arrays are released.
+    External data (`<name>.<hash>.data` beside the model) is used on request, when the model's
+    weights are on disk (a lazily loaded model) and when the model would not fit one protobuf
+    (> 2 GB). After such a write `model` and `store` refer to the data file as it will lie once
+    committed, and the store's in-memory arrays are released; should the set abort instead,
+    the store says the model can no longer be saved.
     """
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"{folder}: output folder does not exist")
     if store is not None and store.broken:
         raise UserError(store.broken)
     lazy = has_external_tensors(model)
     if lazy or (not external_data and approx_bytes(model) > TWO_GB):
         external_data = True
-    data_name = p.name + ".data"
-    if lazy and store is not None:
-        target = os.path.realpath(folder / data_name)
-        if target in store.source_files(model):
-            raise UserError(f"{folder / data_name} is the data file the model is read from; "
-                            "choose another output name")
-    made: list[str] = []
-    rebased = False
-    try:
-        tmp_model = temp_in(folder, p.name)
-        made.append(tmp_model)
-        if external_data:
-            from .storage import write_data_file
+    if not external_data:
+        staged = out.add_model(path, model.SerializeToString())
+        if validate:
+            validate(str(staged))
+        return out.size(path)
+    data = out.add_data(path, lambda f: write_data(model, store, f))
+    placed = data.result
+    proto = external_proto(model, data.name, placed)
+    staged = out.add_model(path, proto.SerializeToString(), data)
+    del proto
+    if store is not None:  # release the arrays before validation loads the model
+        store.rebase(model, str(data.path.parent), data.name, placed)
 
-            tmp_data = temp_in(folder, data_name)
-            made.append(tmp_data)
-            tmp_loc = os.path.basename(tmp_data)
-            placed = write_data_file(model, store, str(folder), tmp_loc)
-            fsync_file(tmp_data)
-            out = external_proto(model, tmp_loc, placed)
-            write_bytes(tmp_model, out.SerializeToString())
-            if store is not None:  # release the arrays before validation loads the model
-                store.rebase(model, os.path.abspath(folder), tmp_loc, placed)
-                rebased = True
-            if validate:
-                validate(tmp_model)
-            for t in out.graph.initializer:
-                for e in t.external_data:
-                    if e.key == "location" and e.value == tmp_loc:
-                        e.value = data_name
-            write_bytes(tmp_model, out.SerializeToString())
-            os.replace(tmp_data, folder / data_name)
-            made.remove(tmp_data)
-            if store is not None:
-                store.relocate(model, tmp_loc, data_name)
-        else:
-            write_bytes(tmp_model, model.SerializeToString())
-            if validate:
-                validate(tmp_model)
-        os.replace(tmp_model, p)
-        made.remove(tmp_model)
-        fsync_folder(folder)
-    except BaseException as e:
-        for t in made:
-            try:
-                os.unlink(t)
-            except OSError:
-                pass
-        if rebased and made:
-            store.broken = "this pruned model could not be saved and its data is gone; prune again"
-        if isinstance(e, OSError):
-            raise UserError(f"cannot write {p}: {e.strerror or e}") from e
-        raise
-    size = p.stat().st_size
-    if external_data:
-        size += (folder / data_name).stat().st_size
+        def broken() -> None:
+            store.broken = ("this pruned model could not be saved and its data is gone; prune "
+                            "again")
+
+        out.on_abort(broken)
+    if validate:
+        validate(str(staged))
+    return data.size + out.size(path)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False,
+               store: WeightStore | None = None,
+               validate: Callable[[str], None] | None = None,
+               protect: Iterable[str | os.PathLike] = ()) -> int:
+    """`stage_model` in an `OutputSet` of its own, committed at once. `protect`: files that
+    must never be replaced or removed (the input model and its data files; the data files the
+    store reads are always protected)."""
+    protect = list(protect) + (sorted(store.source_files(model)) if store is not None else [])
+    with OutputSet(protect=protect) as out:
+        size = stage_model(out, model, path, external_data, store, validate)
     return size
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (reports): temp file in the same folder, then rename."""
-    p = Path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder does not exist")
-    tmp = None
-    try:
-        tmp = temp_in(folder, p.name)
-        write_bytes(tmp, text.encode())
-        os.replace(tmp, p)
-        tmp = None
-    except OSError as e:
-        raise UserError(f"cannot write {p}: {e.strerror or e}") from e
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+def atomic_write_text(path: str | os.PathLike, text: str,
+                      protect: Iterable[str | os.PathLike] = ()) -> None:
+    """Write a text file atomically through the writer (never through a link or a device)."""
+    with OutputSet(protect=protect) as out:
+        out.add_text(path, text)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -190,33 +115,36 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _data_name_re(model: Path) -> re.Pattern:
+    return re.compile(re.escape(model.name) + r"(\.[0-9a-f]{16})?\.data$")
+
+
 def check_outputs(source: str | os.PathLike | None, out: str | os.PathLike,
-                  others: tuple = (), source_files: list | None = None) -> None:
+                  others: tuple = (), source_files: list | None = None) -> list[Path]:
     """Refuse, before any work, outputs that would overwrite the input (the model or one of its
-    data files) or each other, or that cannot be written (missing or read-only folder).
-    `source_files`: the input's data files when the caller knows them (else they are read
-    from the input)."""
-    out = Path(out)
+    data files) or each other, or that the writer would refuse (links, FIFOs, devices, folders,
+    a trailing separator, a missing or read-only folder; see `graphprune.ir.writer`). Paths are
+    taken as given (a string keeps its trailing separator). `source_files`: the input's data
+    files when the caller knows them (else they are read from the input). Returns the paths
+    the writer must protect: the input and its data files."""
     src = Path(source) if source else None
-    own = [out, out.with_name(out.name + ".data")]
     protected = [src] if src is not None and src.is_file() else []
-    if protected and any(Path(t).exists() for t in own + list(others)):
+    if protected and any(os.path.lexists(t) for t in (out, *others)):
         # only an existing file can be one of the input's
         protected += list(source_files) if source_files is not None else data_files(src)
     if src is not None and same_file(out, src):
         raise UserError("output path equals the input; choose another -o")
-    for t in own + [Path(o) for o in others]:
+    model_data = _data_name_re(Path(out))
+    for o in others:
+        if same_file(o, out) or (os.path.dirname(os.path.abspath(o)) ==
+                                 os.path.dirname(os.path.abspath(out))
+                                 and model_data.fullmatch(os.path.basename(o))):
+            raise UserError(f"{o} would overwrite the output model; choose another path")
+    for t in (out, *others):
         for f in protected:
             if same_file(t, f):
                 raise UserError(f"{t} would overwrite the input {f}; choose another path")
-    for o in others:
-        if any(same_file(o, t) for t in own):
-            raise UserError(f"{o} would overwrite the output model; choose another path")
-    for t in [out] + [Path(o) for o in others]:
-        folder = t.parent if str(t.parent) else Path(".")
-        if t.is_dir():
-            raise UserError(f"{t}: is a folder")
-        if not folder.is_dir():
-            raise UserError(f"{folder}: output folder does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise UserError(f"{folder}: output folder is not writable")
+    check_targets([out, *others], protect=protected)
+    if src is not None and src.is_file() and len(protected) == 1:
+        protected += list(source_files) if source_files is not None else data_files(src)
+    return protected

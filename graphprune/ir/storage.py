@@ -6,10 +6,10 @@ Big models keep their weights in external data files. Those are never read at lo
 Tensors the rewrite changes are kept as arrays in the store, not inside the ModelProto, so the
 proto stays small (no 2 GB protobuf limit, no copy of the weights) at any model size.
 
-Writing a data file goes through onnx-ir's external-data writer
-(`onnx_ir.external_data.convert_tensors_to_external`): unchanged tensors stream from their
-memory-mapped source, changed ones from their arrays, one tensor at a time, tensors over
-1 MiB at 64 KiB-aligned offsets so ONNX Runtime can map them.
+Writing a data file (`write_data`) streams into the file object the output writer hands out
+(`graphprune.ir.writer.OutputSet.add_data`, which hashes the bytes to name the file): unchanged
+tensors are copied chunk-wise from their source, changed ones from their arrays, one tensor at
+a time, tensors over 1 MiB at 64 KiB-aligned offsets so ONNX Runtime can map them.
 
 Every `location` is checked (`resolve_location`) before onnx-ir sees it: onnx-ir resolves a
 location against a base folder but does not refuse symlinks leading elsewhere.
@@ -225,12 +225,6 @@ class WeightStore:
         self.arrays.clear()
         self.folder, self.also = folder, None
 
-    def relocate(self, model: onnx.ModelProto, old: str, new: str) -> None:
-        for t in model.graph.initializer:
-            for e in t.external_data:
-                if e.key == "location" and e.value == old:
-                    e.value = new
-
 
 def read_external_tensor(t: TensorProto, store: WeightStore | None) -> np.ndarray:
     """Value of an initializer whose data is external (a data file or a store array)."""
@@ -276,29 +270,41 @@ def goes_external(t: TensorProto) -> bool:
         t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES)
 
 
-def write_data_file(model: onnx.ModelProto, store: WeightStore | None, folder: str,
-                    location: str) -> dict[str, tuple[int, int]]:
-    """Write the bytes of every initializer that `goes_external` into `folder/location` (in
-    graph order, packed, tensors of 1 MiB or more 64 KiB-aligned); returns name -> (offset,
-    length). The proto is not changed."""
-    ir = _ir()
-    chosen, tensors = [], []
+def write_data(model: onnx.ModelProto, store: WeightStore | None,
+               sink) -> dict[str, tuple[int, int]]:
+    """Stream the bytes of every initializer that `goes_external` into `sink` (a binary file
+    object with `write` and `tell`, e.g. the one `OutputSet.add_data` hands out): in graph
+    order, packed, tensors of 1 MiB or more at 64 KiB-aligned offsets (ONNX Runtime maps
+    them). Unchanged tensors are copied chunk-wise from their source data file, changed ones
+    written from the store's arrays, one tensor at a time. Returns name -> (offset, length);
+    the proto is not changed."""
+    placed: dict[str, tuple[int, int]] = {}
+    pos = 0
     for t in model.graph.initializer:
         if not goes_external(t):
             continue
+        tensor = None
         if t.data_location == TensorProto.EXTERNAL:
             if store is None:
                 raise UserError(f"tensor '{t.name}' keeps its data in an external file, but "
                                 "the model's folder is unknown: load the model from its path")
-            tensors.append(store.tensor(t))
+            tensor = store.tensor(t)
+            n = int(tensor.nbytes)
         else:
-            tensors.append(ir.TensorProtoTensor(t))
-        chosen.append(t.name)
-    written = ir.external_data.convert_tensors_to_external(
-        tensors, folder, location, alignment=ALIGN, align_threshold=ALIGN_MIN_BYTES - 1)
-    placed = {name: (int(x.offset or 0), int(x.length or 0)) for name, x in zip(chosen, written)}
-    for x in written:
-        x.release()
+            n = len(t.raw_data)
+        if n >= ALIGN_MIN_BYTES and pos % ALIGN:
+            pad = -pos % ALIGN
+            sink.write(bytes(pad))
+            pos += pad
+        if tensor is None:
+            sink.write(t.raw_data)
+        else:
+            tensor.tofile(sink)  # external: chunks of the source file; changed: its array
+        if sink.tell() != pos + n:
+            raise UserError(f"tensor '{t.name}': {sink.tell() - pos} bytes written for "
+                            f"{n} declared (its data file changed while it was read?)")
+        placed[t.name] = (pos, n)
+        pos += n
     return placed
 
 

@@ -11,7 +11,10 @@ import onnx
 
 from ..analysis.graph import DependencyGraph
 from ..ir import WEIGHTS
-from ..ir.files import check_outputs, save_model
+from ..ir.files import check_outputs, stage_model
+from ..ir.load import data_files
+from ..ir.writer import OutputSet
+from ..errors import ValidationError
 from ..ir.storage import WeightStore
 from ..runtime import validate as runtime_validate
 from ..transforms.select import Plan
@@ -60,10 +63,17 @@ class PruneResult:
         """Write the plan (every group's kept units and the model's fingerprint) as JSON."""
         return self.prune_plan.save(path)
 
-    def save(self, path: str | os.PathLike, external_data: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, external_data: bool = False,
+             outputs: OutputSet | None = None) -> Path:
+        """Write the model (and its data file) at `path`. With `outputs`, the files are staged
+        in that set and land with its other files when it commits (a command's report and HTML
+        go in the same set); without, they are committed at once. A model whose weights stay
+        on disk is validated from the staged files, before anything is renamed."""
+        if outputs is None:
+            with OutputSet(protect=self.protected(path)) as out:
+                return self.save(path, external_data, outputs=out)
         t0 = time.perf_counter()
-        p = Path(path)
-        check_outputs(self.source, p, source_files=self.source_files)
+        check_outputs(self.source, path, source_files=self.source_files)
         spent = {"validate": 0.0}
         check = None
         if self.pending is not None:
@@ -71,20 +81,35 @@ class PruneResult:
 
             def check(tmp: str) -> None:
                 t1 = time.perf_counter()
-                self.report["fidelity"] = runtime_validate.validate_file(
-                    tmp, ref, low_memory=self.store is not None, provider=self.provider)
+                try:
+                    self.report["fidelity"] = runtime_validate.validate_file(
+                        tmp, ref, low_memory=self.store is not None, provider=self.provider)
+                except ValidationError as e:
+                    runtime_validate.input_fails_too(self.source, e)
+                    raise
                 spent["validate"] = time.perf_counter() - t1
 
         token = WEIGHTS.set(self.store)
         try:
-            size = save_model(self.model, p, external_data=external_data or self.external,
-                              store=self.store, validate=check)
+            size = stage_model(outputs, self.model, path,
+                               external_data=external_data or self.external, store=self.store,
+                               validate=check)
         finally:
             WEIGHTS.reset(token)
         self.pending = None
         t = self.report["timings_s"]
         t["validate"] = round(t.get("validate", 0.0) + spent["validate"], 4)
-        self.report["output"] = str(p)
+        self.report["output"] = str(Path(path))
         self.report["file_bytes"]["after"] = size
         t["write"] = round(time.perf_counter() - t0 - spent["validate"], 4)
-        return p
+        return Path(path)
+
+    def protected(self, path: str | os.PathLike | None = None) -> list[str]:
+        """The files no output of this result may replace or remove: the input model and its
+        external data files."""
+        if not self.source:
+            return []
+        files = self.source_files
+        if files is None:
+            files = data_files(self.source)
+        return [self.source, *map(str, files)]

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..ir.load import file_bytes
 from ..ir.storage import TWO_GB, approx_bytes
 from ..progress import bar
 from .session import providers_for, random_inputs, resolve_provider
@@ -248,8 +249,8 @@ def _check(threads, warmup, repeats, batch, provider) -> None:
 
 
 def _file_bytes(path: str) -> int:
-    data = Path(path + ".data")
-    return os.path.getsize(path) + (data.stat().st_size if data.exists() else 0)
+    """The model file and the external data files it references."""
+    return file_bytes(path)
 
 
 def _run_error(e: Exception) -> UserError:
