@@ -5,7 +5,7 @@ samples along axis 0, the same format `--calib` uses for fidelity), a folder of 
 `graphprune.calibration.images`) or an integer N (N seeded standard-normal samples: a shape
 check only, no real distribution). Language models calibrate on text
 (`graphprune.calibration.text`). Samples are checked against the model's graph inputs before
-any heavy work.
+any heavy work (`graphprune.calibration.checks`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import UserError
 from ..ir.inputs import input_specs, random_feeds as spec_feeds
+from .checks import MAX_CALIB_BYTES, check_feeds, check_random_count, read_labels
 
 
 @dataclass
@@ -38,11 +39,13 @@ def load_calibration(source, model: onnx.ModelProto, preprocess: str = "imagenet
     (N random samples); see the module docstring. `labels` (array or text file with one
     integer per line, same order as the samples) is kept for label-aware criteria."""
     if isinstance(source, Calibration):
-        cal = source
+        where = "--calib-text: " if source.source.startswith("text:") else "calibration: "
+        cal = Calibration(check_feeds(model, source.feeds, where), source.labels, source.source)
     elif hasattr(source, "get_next") or _feed_iterable(source):
-        cal = Calibration(concat_feeds(source), source="reader")
+        cal = Calibration(check_feeds(model, concat_feeds(source), "calibration reader: "),
+                          source="reader")
     elif isinstance(source, dict):
-        cal = Calibration({k: np.asarray(v) for k, v in source.items()}, source="arrays")
+        cal = Calibration(check_feeds(model, source, "calibration arrays: "), source="arrays")
     elif isinstance(source, (int, np.integer)) and not isinstance(source, bool):
         cal = Calibration(random_feeds(model, int(source), seed), source=f"random:{int(source)}")
     else:
@@ -57,12 +60,7 @@ def load_calibration(source, model: onnx.ModelProto, preprocess: str = "imagenet
             raise UserError(f"{p}: calibration source not found (a .npz file or a folder of "
                             "images)")
     if labels is not None:
-        lab = labels
-        if isinstance(labels, (str, Path)):
-            lab = np.loadtxt(labels, dtype=np.int64, ndmin=1)
-        cal.labels = np.asarray(lab).reshape(-1)
-        if len(cal.labels) != cal.n:
-            raise UserError(f"--labels: {len(cal.labels)} labels for {cal.n} samples")
+        cal.labels = read_labels(labels, cal.n, model)
     if limit is not None and cal.n > limit:
         cal.feeds = {k: v[:limit] for k, v in cal.feeds.items()}
         if cal.labels is not None:
@@ -107,8 +105,7 @@ def concat_feeds(source) -> dict[str, np.ndarray]:
 
 def random_feeds(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """n seeded random samples for every graph input (symbolic sizes other than batch: 16)."""
-    if n < 1:
-        raise UserError(f"--calib-random needs N >= 1, got {n}")
+    n = check_random_count(model, n)
     specs = input_specs(model)
     static = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
     if static and max(static) > 1 and n % max(static):
@@ -120,28 +117,41 @@ def random_feeds(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.
 
 
 def load_npz(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Arrays keyed by graph input name, samples along axis 0, cast to the inputs' dtypes."""
+    """Arrays keyed by graph input name, samples along axis 0, checked against the model's
+    inputs (`graphprune.calibration.checks.check_feeds`) and cast to their dtypes. Array sizes
+    are read from the file's headers first: nothing over MAX_CALIB_BYTES is decompressed."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such calibration file")
     try:
         with np.load(p, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise UserError(f"{p}: a single array, not an .npz archive of named arrays")
+            _check_sizes(p, z)
             arrays = {k: np.asarray(z[k]) for k in z.files}
+    except UserError:
+        raise
+    except MemoryError:
+        raise
     except Exception as e:
-        raise UserError(f"{p}: not a readable .npz file ({e})") from e
-    specs = {s.name: s for s in input_specs(model)}
-    missing = sorted(set(specs) - set(arrays))
-    if missing:
-        raise UserError(f"{p}: no array for model input(s) {', '.join(missing)} "
-                        f"(the file has {', '.join(sorted(arrays)) or 'nothing'})")
-    out, n = {}, None
-    for name, spec in specs.items():
-        a = arrays[name]
-        if a.ndim != len(spec.shape):
-            raise UserError(f"{p}: array '{name}' has rank {a.ndim}, the model input has rank "
-                            f"{len(spec.shape)} (samples go along axis 0)")
-        out[name] = a.astype(spec.dtype, copy=False)
-        if n is not None and len(a) != n:
-            raise UserError(f"{p}: arrays have different numbers of samples")
-        n = len(a)
-    return out
+        raise UserError(f"{p}: not a readable .npz file ({_first_line(e)})") from e
+    return check_feeds(model, arrays, f"{p}: ")
+
+
+def _check_sizes(p: Path, z) -> None:
+    total = 0
+    fmt = np.lib.format
+    for member in z.zip.namelist():
+        with z.zip.open(member) as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+        total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if total > MAX_CALIB_BYTES:
+            raise UserError(f"{p}: its arrays take more than {MAX_CALIB_BYTES:,} bytes; give "
+                            "fewer samples")
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else type(e).__name__

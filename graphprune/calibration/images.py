@@ -5,6 +5,11 @@ grayscale when the model takes one channel), the shorter side resized to the mod
 size, center-cropped to H×W, scaled to [0, 1], normalized with the ImageNet mean (0.485, 0.456,
 0.406) and std (0.229, 0.224, 0.225) when ``preprocess="imagenet"`` (single-channel models use
 the mean of those numbers), and laid out NCHW.
+
+Every file is decoded before any other work, with a bound on its pixels
+(`MAX_IMAGE_PIXELS`, checked from the header before decoding, so a decompression bomb is
+refused without being expanded) and on the samples' total size; a file that is not a readable
+image is refused by name.
 """
 from __future__ import annotations
 
@@ -15,10 +20,12 @@ import onnx
 
 from ..errors import UserError
 from ..ir.inputs import input_specs
+from .checks import MAX_CALIB_BYTES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MAX_IMAGE_PIXELS = 1 << 26  # 64 Mpx (Pillow warns at 89 Mpx and refuses at twice that)
 
 
 def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int]:
@@ -36,8 +43,6 @@ def _image_input(model: onnx.ModelProto) -> tuple[str, int, int, int]:
 def load_image_dir(folder: Path, model: onnx.ModelProto, preprocess: str = "imagenet",
                    limit: int | None = None) -> dict[str, np.ndarray]:
     """Images of a folder, preprocessed as the module docstring says, as one NCHW array."""
-    from PIL import Image
-
     if preprocess not in ("imagenet", "none"):
         raise UserError(f"--preprocess takes imagenet or none, got {preprocess!r}")
     name, c, h, w = _image_input(model)
@@ -46,11 +51,43 @@ def load_image_dir(folder: Path, model: onnx.ModelProto, preprocess: str = "imag
         files = files[:limit]
     if not files:
         raise UserError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    odd = next((f for f in files if not f.is_file()), None)
+    if odd is not None:  # a folder, FIFO or device named like an image (a FIFO would block)
+        raise UserError(f"{odd}: not a regular file")
+    need = len(files) * c * h * w * 4
+    if need > MAX_CALIB_BYTES:
+        raise UserError(f"{folder}: {len(files)} images of {c}x{h}x{w} take {need:,} bytes; at "
+                        f"most {MAX_CALIB_BYTES:,} are accepted (use at most "
+                        f"{MAX_CALIB_BYTES // (c * h * w * 4)} images)")
     out = np.empty((len(files), c, h, w), dtype=np.float32)
     for k, f in enumerate(files):
-        img = Image.open(f).convert("L" if c == 1 else "RGB")
-        out[k] = preprocess_image(img, h, w, c, preprocess)
+        out[k] = preprocess_image(_decode(f, "L" if c == 1 else "RGB"), h, w, c, preprocess)
     return {name: out}
+
+
+def _decode(path: Path, mode: str):
+    """The image at `path` in `mode`, refused (one line, naming the file) unless it decodes
+    and has at most MAX_IMAGE_PIXELS pixels."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise UserError(f"{path}: image of {w}x{h} pixels; at most "
+                                    f"{MAX_IMAGE_PIXELS:,} pixels are decoded")
+                return img.convert(mode)
+    except UserError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (Pillow raises many kinds on a bad file)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: not a readable image ({why})") from None
 
 
 def preprocess_image(img, h: int, w: int, c: int = 3, preprocess: str = "imagenet") -> np.ndarray:
