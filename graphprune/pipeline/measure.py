@@ -7,10 +7,13 @@ from pathlib import Path
 import onnx
 
 from ..analysis.cost import count_macs, count_params
-from ..calibration.data import load_npz
+from ..calibration.checks import check_feeds
+from ..calibration.data import Calibration, load_calibration, load_npz
 from ..ir.inputs import fix_input_shapes, parse_input_shapes
+from ..ir.load import open_model
 from ..runtime import bench
 from ..runtime.fidelity import fidelity
+from .options import check_gate_limits
 from .stages import model_view
 
 
@@ -38,7 +41,9 @@ def _proto(m):
 
 def check_gates(report: dict, max_drop: float | None = None,
                 min_speedup: float | None = None) -> list[dict]:
-    """Gate results ({"gate", "measured", "limit", "passed"}) from a report's numbers."""
+    """Gate results ({"gate", "measured", "limit", "passed"}) from a report's numbers; limits
+    that are not finite numbers in range are refused (`check_gate_limits`)."""
+    check_gate_limits(max_drop, min_speedup)
     gates = []
     if max_drop is not None:
         d = report["fidelity"]["drop"]
@@ -63,17 +68,28 @@ def gate_failure_line(gates: list[dict]) -> str | None:
 def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
                     threads: int = 0, repeats: int = 50, warmup: int = 5, seed: int = 0,
                     progress: bool = False, provider: str = "CPUExecutionProvider",
-                    input_shapes=None) -> dict:
+                    input_shapes=None, calib: dict | None = None,
+                    calib_name: str | None = None) -> dict:
     """Measure a `PruneResult` against its original (path or ModelProto) and put the numbers in
     its report: `fidelity` (calibration or random inputs, with top-1 agreement and `drop`) and,
     with `benchmark`, `latency_ms` {before, after, p90_before, p90_after, threads, speedup,
-    macs_ratio} and `memory_bytes` {before, after} (peak RSS of a fresh process per model)."""
+    macs_ratio} and `memory_bytes` {before, after} (peak RSS of a fresh process per model).
+    Calibration inputs: an .npz file (`calib_path`) or arrays (`calib`, named `calib_name` in
+    the report), checked against the model's inputs either way."""
+    if benchmark:
+        bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
+                           repeats=(repeats, 1, bench.MAX_RUNS),
+                           warmup=(warmup, 0, bench.MAX_RUNS))
     proto = _proto(original)
     shapes = parse_input_shapes(input_shapes)
-    calib = load_npz(calib_path, proto) if calib_path else None
+    if calib_path:
+        calib, calib_name = load_npz(calib_path, proto), Path(calib_path).name
+    elif calib is not None:
+        calib = check_feeds(proto, calib, "calibration arrays: ")
+        calib_name = calib_name or "arrays"
     result.report["fidelity"] = fidelity(proto, result.model, calib=calib, seed=seed,
-                                         calib_name=Path(calib_path).name if calib_path else None,
-                                         shapes=shapes, provider=provider)
+                                         calib_name=calib_name, shapes=shapes,
+                                         provider=provider)
     if benchmark:
         src = original if isinstance(original, onnx.ModelProto) else str(original)
         pair = bench.benchmark_pair(src, result.model, threads=threads, repeats=repeats,
@@ -89,6 +105,15 @@ def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
         result.report["memory_bytes"] = {"before": b["peak_rss_bytes"],
                                          "after": a["peak_rss_bytes"]}
     return result.report
+
+
+def load_inputs(model_path, source, preprocess: str = "imagenet", labels=None,
+                seed: int = 0) -> Calibration:
+    """Calibration/fidelity inputs (an .npz file or a folder of images, with optional labels)
+    read and checked against the model file's inputs, before any pruning work: only the graph
+    is read, not the weights."""
+    model = open_model(model_path)[0]
+    return load_calibration(str(source), model, preprocess=preprocess, labels=labels, seed=seed)
 
 
 def benchmark(model, **kw) -> dict:

@@ -4,7 +4,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..analysis.build import KINDS
+from ..calibration.checks import MAX_RANDOM_SAMPLES
+from ..calibration.text import MAX_CALIB_TOKENS
 from ..criteria import CRITERIA
 from ..errors import UserError
 from ..ir.inputs import parse_input_shapes
@@ -86,6 +90,15 @@ class PruneOptions:
             raise UserError(f"--min-keep must be >= 1, got {self.min_keep}")
         if not 0 <= self.seed < 2 ** 63:
             raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
+        if isinstance(self.calib, (int, np.integer)) and not isinstance(self.calib, bool) \
+                and not 1 <= self.calib <= MAX_RANDOM_SAMPLES:
+            raise UserError(f"--calib-random must be in [1, {MAX_RANDOM_SAMPLES}], got "
+                            f"{self.calib}")
+        if isinstance(self.calib, (float, bool)):
+            raise UserError(f"calib takes a file, a folder, arrays or a whole number of random "
+                            f"samples, got {self.calib!r}")
+        if not 2 <= self.seq_len <= MAX_CALIB_TOKENS:
+            raise UserError(f"--seq-len must be in [2, {MAX_CALIB_TOKENS}], got {self.seq_len}")
         if isinstance(self.protect, str):
             self.protect = [self.protect]
         if isinstance(self.protect_op, str):
@@ -179,3 +192,15 @@ def compensation_mode(opts: PruneOptions) -> str | None:
     if c not in COMPENSATIONS:
         raise UserError(f"compensate takes flap, obspa or none; got {c!r}")
     return c
+
+
+def check_gate_limits(max_drop=None, min_speedup=None) -> None:
+    """The CI gates' limits: `max_drop` a finite number >= 0 (a drop is 1 - top-1 agreement or
+    1 - cosine), `min_speedup` a finite number > 0. NaN, infinities and negative limits would
+    make a gate pass or fail whatever is measured."""
+    if max_drop is not None and not (_finite_in(max_drop, 0.0, math.inf)):
+        raise UserError(f"--max-drop must be a finite number >= 0 (a fidelity drop), got "
+                        f"{max_drop}")
+    if min_speedup is not None and not (_finite_in(min_speedup, 0.0, math.inf)
+                                        and float(min_speedup) > 0):
+        raise UserError(f"--min-speedup must be a finite number > 0, got {min_speedup}")

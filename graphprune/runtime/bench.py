@@ -242,9 +242,23 @@ def _as_path(model, tmpdir: str, k: int = 0) -> tuple[str, onnx.ModelProto | Non
     return str(p), None
 
 
+MAX_THREADS = 1024
+MAX_RUNS = 1_000_000
+MAX_BATCH = 1 << 16
+
+
+def check_counts(**counts: tuple[object, int, int]) -> None:
+    """Each option `name=(value, lo, hi)` a whole number in [lo, hi] (one-line UserError
+    naming the option as the command line spells it)."""
+    for name, (v, lo, hi) in counts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise UserError(f"--{name.replace('_', '-')} must be a whole number in [{lo}, "
+                            f"{hi}], got {v!r}")
+
+
 def _check(threads, warmup, repeats, batch, provider) -> None:
-    if repeats < 1 or warmup < 0 or batch < 1 or threads < 0:
-        raise UserError("--repeats and --batch must be >= 1, --warmup and --threads >= 0")
+    check_counts(threads=(threads, 0, MAX_THREADS), warmup=(warmup, 0, MAX_RUNS),
+                 repeats=(repeats, 1, MAX_RUNS), batch=(batch, 1, MAX_BATCH))
     resolve_provider(provider)
 
 
