@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 from ..ir.files import atomic_write_text
+from .plots import plotting
 
 MAX_BARS = 60
 STRUCTURAL = "not carried through"
@@ -28,10 +29,7 @@ def _fig_png(fig) -> str:
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # inside `plotting()` (see `render`)
 
     return plt
 
@@ -203,8 +201,9 @@ def render(report: dict) -> str:
     e = html.escape
     t = report.get("target", {})
     title = f"graphprune report — {Path(report.get('input') or 'model').name}"
-    charts = [c for c in (cost_chart(report), latency_chart(report), width_chart(report),
-                          score_chart(report)) if c]
+    with plotting():
+        charts = [c for c in (cost_chart(report), latency_chart(report), width_chart(report),
+                              score_chart(report)) if c]
     imgs = "".join(f'<img alt="chart" src="{c}">' for c in charts)
     pruned = [g for g in report["groups"] if g["frozen_reason"] is None
               and g["size_after"] < g["size_before"]]
@@ -253,9 +252,10 @@ batch, ...)</summary>
 """
 
 
-def write(report: dict, path: str | Path) -> Path:
-    """Write the HTML report atomically (fsynced temp file, then rename), like every output."""
-    atomic_write_text(path, render(report))
+def write(report: dict, path: str | Path, protect=()) -> Path:
+    """Write the HTML report through the output writer (rendered first, then staged, fsynced
+    and renamed into place; never through a link or a device)."""
+    atomic_write_text(path, render(report), protect)
     return Path(path)
 
 

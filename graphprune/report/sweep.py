@@ -2,35 +2,45 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from ..ir.writer import OutputSet
+from .plots import plotting
 
 CSV_COLUMNS = ["ratio", "params", "macs", "macs_ratio", "cosine", "top1_agreement", "drop",
                "max_abs_diff", "latency_ms", "latency_p90_ms", "speedup", "meets_max_drop"]
 
 
-def write_outputs(result: dict, out_dir) -> dict[str, Path]:
-    """sweep.json, sweep.csv and sweep.png in `out_dir` (created if needed)."""
+def write_outputs(result: dict, out_dir, protect=()) -> dict[str, Path]:
+    """sweep.json, sweep.csv and sweep.png in `out_dir` (created if needed), rendered first and
+    committed together through the output writer: never through a link or a device, never
+    over `protect`ed files (the input model and its data files), all three or none."""
     d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
     paths = {"json": d / "sweep.json", "csv": d / "sweep.csv", "png": d / "sweep.png"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for row in result["rows"]:
-            w.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
-    plot(result, paths["png"])
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
+    w.writeheader()
+    for row in result["rows"]:
+        w.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
+    png = io.BytesIO()
+    plot(result, png)
+    with OutputSet(protect=protect, create_folders=True) as out:
+        out.add_text(paths["json"], json.dumps(result, indent=2) + "\n")
+        out.add_text(paths["csv"], text.getvalue())
+        out.add_bytes(paths["png"], png.getvalue())
     return paths
 
 
 def plot(result: dict, path) -> None:
-    """Two panels over the ratio: fidelity (with the max-drop line) and speedup vs MACs ratio."""
-    import matplotlib
+    """Two panels over the ratio: fidelity (with the max-drop line) and speedup vs MACs ratio,
+    as a PNG at `path` (a file name or a binary file object)."""
+    with plotting() as plt:
+        _plot(plt, result, path)
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
+def _plot(plt, result: dict, path) -> None:
     rows = result["rows"]
     x = [r["ratio"] for r in rows]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -58,7 +68,7 @@ def plot(result: dict, path) -> None:
     a2.grid(alpha=0.3)
     fig.suptitle(f"{Path(result['model']).name} — {result['criterion']}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
