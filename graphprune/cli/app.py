@@ -12,9 +12,12 @@ import traceback
 
 import click
 
+from ..ir.writer import Terminated, install_signal_handlers
 from ..version import __version__
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PIPE = 128 + 13  # stdout's reader went away (what a shell reports for SIGPIPE)
+INTERRUPTED = "graphprune: interrupted; no partial output left"
 
 
 def one_line(msg: str) -> str:
@@ -25,9 +28,10 @@ def one_line(msg: str) -> str:
 class DefaultGroup(click.Group):
     """`graphprune MODEL.onnx ...` runs the `prune` command; subcommands stay available.
 
-    Every failure ends with one line on stderr: usage errors (exit 2), Ctrl-C (exit 130, atomic
-    writes leave no partial output) and, should one happen, an internal error (exit 3, a bug:
-    `--debug` shows its traceback). Click's own multi-line usage messages are shortened to one.
+    Every failure ends with one line on stderr: usage errors (exit 2), Ctrl-C (exit 130) and
+    SIGTERM/SIGHUP (exit 143/129; the writer leaves no partial output or temporary file) and,
+    should one happen, an internal error (exit 3, a bug: `--debug` shows its traceback).
+    Click's own multi-line usage messages are shortened to one.
     """
 
     debug = False
@@ -43,6 +47,7 @@ class DefaultGroup(click.Group):
         from_argv = args is None
         args = list(sys.argv[1:] if args is None else args)
         self.debug = "--debug" in args
+        restore = _signal_handlers()
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK
@@ -54,20 +59,30 @@ class DefaultGroup(click.Group):
             click.echo(f"graphprune: error: {msg}", err=True)
             code = e.exit_code
         except (click.exceptions.Abort, KeyboardInterrupt):
-            click.echo("graphprune: interrupted; no partial output left", err=True)
+            click.echo(INTERRUPTED, err=True)
             code = EXIT_INTERRUPTED
+        except Terminated as e:
+            click.echo(_terminated(e), err=True)
+            code = e.exit_code
         except SystemExit as e:
             code = e.code
-        if from_argv:  # the work is over: a late Ctrl-C must not turn success into a crash
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if from_argv:  # the work is over: a late signal must not turn success into a crash
+            for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if s is not None:
+                    signal.signal(s, signal.SIG_IGN)
+        else:
+            restore()
         sys.exit(code)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("graphprune: interrupted; no partial output left", err=True)
+            click.echo(INTERRUPTED, err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except Terminated as e:
+            click.echo(_terminated(e), err=True)
+            sys.exit(e.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except MemoryError:
@@ -97,6 +112,49 @@ def main():
     """
 
 
+
+
+def _signal_handlers():
+    """SIGTERM and SIGHUP become `Terminated` (so outputs being staged are removed), in the
+    main thread only; returns what restores the previous handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    return install_signal_handlers()
+
+
+def _terminated(e: Terminated) -> str:
+    return f"graphprune: {e}; no partial output left"
+
+
+def emit(text: str) -> None:
+    """Print a command's result on stdout. A reader that went away (`| head`) ends the command
+    quietly with 141, as SIGPIPE would; any other failure to write (a full disk behind a
+    redirection) is one line on stderr and exit 2. Files the command wrote stay written."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        sys.exit(EXIT_PIPE)
+    except OSError as e:
+        _drop_stdout()
+        click.echo(f"graphprune: error: cannot write to standard output: {e.strerror or e}",
+                   err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests): nothing to flush
+        pass
 
 
 def fail(msg: str, debug: bool, code: int = EXIT_USAGE) -> None:

@@ -11,11 +11,14 @@ import click
 
 from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
-from ..ir.files import atomic_write_text, check_outputs
-from .app import EXIT_GATE, fail, main, setup_logging
+from ..ir.files import check_outputs
+from ..ir.writer import OutputSet
+from .app import EXIT_GATE, emit, fail, main, setup_logging
 from .recipe import config_option, deprecated_global, merge_global
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
+# output paths stay the strings given: `-o newdir/` must be refused, not become `newdir`
+_OUT = click.Path(dir_okay=False)
 
 # how to prune: shared by `prune` and `batch` (the names are those of graphprune.prune())
 PRUNE_OPTIONS = [
@@ -138,15 +141,15 @@ def _progress(quiet: bool):
 @main.command("prune")
 @config_option("prune")
 @click.argument("model", type=_FILE)
-@click.argument("out", type=_FILE, required=False)
-@click.option("-o", "--output", type=_FILE, default=None,
+@click.argument("out", type=_OUT, required=False)
+@click.option("-o", "--output", type=_OUT, default=None,
               help="Output file (default: MODEL.pruned.onnx beside the input; or give it as "
                    "the second argument).")
 @prune_options
-@click.option("--report", type=_FILE, default=None, help="Write the JSON report here.")
-@click.option("--html", "html_out", type=_FILE, default=None,
+@click.option("--report", type=_OUT, default=None, help="Write the JSON report here.")
+@click.option("--html", "html_out", type=_OUT, default=None,
               help="Write a self-contained HTML report here.")
-@click.option("--save-plan", type=_FILE, default=None,
+@click.option("--save-plan", type=_OUT, default=None,
               help="Write the plan (every group's kept units, the model's fingerprint) here.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -159,7 +162,7 @@ def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, d
     merge_global(options)
     if out is not None and output is not None and out != output:
         fail(f"two outputs given: {out} and -o {output}", debug)
-    out = out or output or default_output(model)
+    out = out or output or str(default_output(model))
     try:
         r, gates = run_prune(model, out, report=report, html_out=html_out, save_plan=save_plan,
                              progress=_progress(quiet or as_json), quiet=quiet or as_json,
@@ -169,28 +172,32 @@ def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, d
     except ValidationError as e:
         fail(f"the pruned model failed validation, nothing written: {e}", debug)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        emit(json.dumps(r, indent=2))
     elif not quiet:
         from ..report.summary import summary, summary_lines
 
-        click.echo("\n".join([summary(r, time.perf_counter() - t0)] + summary_lines(r)))
+        emit("\n".join([summary(r, time.perf_counter() - t0)] + summary_lines(r)))
     _exit_on_gates(gates)
 
 
-def run_prune(model: Path, out: Path, report=None, html_out=None, save_plan=None,
+def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
               progress=None, quiet: bool = True, *, ratio, criterion, dims, drop_blocks,
               global_rank, target_params, target_macs, ratio_for, max_ratio, round_to,
               min_keep, protect, protect_op, allow_unmatched, steps, plan, input_shapes,
               provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
               seq_len, preprocess, labels, compensate, benchmark, threads, repeats, max_drop,
               min_speedup) -> tuple[dict, list]:
-    """One prune as the command line runs it: prune, measure, write the model and the reports.
-    Returns the report and the gates (also what a `graphprune batch` job returns)."""
+    """One prune as the command line runs it: check every option and output path, read and
+    check the calibration data, prune, measure, then write the model, its data file and the
+    reports together (see `graphprune.ir.writer`). Returns the report and the gates (also what
+    a `graphprune batch` job returns)."""
     from ..pipeline.pipeline import prune
 
     measure = bool(calib or html_out or benchmark or max_drop is not None
                    or min_speedup is not None)
-    check_outputs(model, out, tuple(p for p in (report, html_out, save_plan) if p))
+    _check_numbers(max_drop, min_speedup, calib_random, seq_len, threads, repeats)
+    inputs = check_outputs(model, out, tuple(p for p in (report, html_out, save_plan) if p))
+    cal = _load_calib(model, calib, preprocess, labels, seed) if calib is not None else None
     if criterion is None and plan is None:
         criterion = "magnitude"
     res = prune(str(model), ratio=ratio, criterion=criterion, global_rank=global_rank,
@@ -201,73 +208,87 @@ def run_prune(model: Path, out: Path, report=None, html_out=None, save_plan=None
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, in_memory=measure, defer_validation=not measure,
-                **_calib_options(criterion, calib, calib_random, preprocess, labels,
+                **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
                                  steps))
     gates = []
-    if measure and calib is not None and calib.is_dir():
-        calib = _images_npz(res, model, calib, preprocess)
     if measure:
-        gates = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
+        gates = _measure(res, model, cal, calib, html_out, benchmark or min_speedup is not None,
                          threads, repeats, max_drop, min_speedup, seed, quiet, provider,
                          input_shapes)
-    res.save(out, external_data=external_data)
-    if report:
-        atomic_write_text(report, json.dumps(res.report, indent=2) + "\n")
-    if save_plan:
-        res.save_plan(save_plan)
-    if html_out:
-        from ..report.html import write as write_html
+    # every artifact is rendered and staged first; they land together or not at all
+    with OutputSet(protect=inputs) as outputs:
+        res.save(out, external_data=external_data, outputs=outputs)
+        if report:
+            outputs.add_text(report, json.dumps(res.report, indent=2) + "\n")
+        if save_plan:
+            outputs.add_text(save_plan, res.prune_plan.dumps())
+        if html_out:
+            from ..report.html import render
 
-        write_html(res.report, html_out)
+            outputs.add_text(html_out, render(res.report))
     return res.report, gates
+
+
+def _check_numbers(max_drop, min_speedup, calib_random, seq_len, threads, repeats) -> None:
+    """Numeric options checked before any work, also those only some runs use (PruneOptions
+    checks the rest)."""
+    from ..calibration.checks import MAX_RANDOM_SAMPLES
+    from ..calibration.text import MAX_CALIB_TOKENS
+    from ..pipeline.options import check_gate_limits
+    from ..runtime import bench
+
+    check_gate_limits(max_drop, min_speedup)
+    bench.check_counts(seq_len=(seq_len, 2, MAX_CALIB_TOKENS))
+    if calib_random is not None:
+        bench.check_counts(calib_random=(calib_random, 1, MAX_RANDOM_SAMPLES))
+    bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
+                       repeats=(repeats, 1, bench.MAX_RUNS))
+
+
+def _load_calib(model, calib: Path, preprocess, labels, seed):
+    """--calib read and checked against the model's inputs before any pruning work."""
+    from ..pipeline.measure import load_inputs
+
+    return load_inputs(model, calib, preprocess, str(labels) if labels else None, seed)
 
 
 def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate,
                    calib_text=None, tokenizer=None, seq_len=128, drop_blocks=0,
                    steps=1) -> dict:
     """prune() options for calibration: passed on when something reads the samples (a
-    data-aware criterion, compensation, block scoring); prune() checks them."""
+    data-aware criterion, compensation, block scoring); prune() checks them. `calib`: the
+    `Calibration` read from --calib (labels included), or None."""
     from ..pipeline.options import CALIB_CRITERIA
 
     opts = {} if compensate == "auto" else {"compensate": compensate}
     if not (criterion in CALIB_CRITERIA or "compensate" in opts or drop_blocks):
         return opts
-    source = calib if calib is not None else calib_random
-    if source is not None:
-        opts.update(calib=str(source) if isinstance(source, Path) else source,
-                    preprocess=preprocess)
+    if calib is not None:
+        opts.update(calib=calib, preprocess=preprocess)
+    elif calib_random is not None:
+        opts.update(calib=calib_random, preprocess=preprocess,
+                    labels=str(labels) if labels else None)
     if calib_text is not None:
         opts.update(calib_text=str(calib_text), seq_len=seq_len,
-                    tokenizer=str(tokenizer) if tokenizer is not None else None)
-    if source is not None or calib_text is not None:
-        opts["labels"] = str(labels) if labels else None
+                    tokenizer=str(tokenizer) if tokenizer is not None else None,
+                    labels=str(labels) if labels else None)
     return opts
 
 
-def _images_npz(res, model, folder: Path, preprocess: str) -> Path:
-    """Fidelity reads .npz files: a folder of images is converted once (temp file)."""
-    import tempfile
-
-    import numpy as np
-
-    from ..calibration.images import load_image_dir
-
-    arrays = load_image_dir(folder, res.model, preprocess)  # same inputs as the original
-    path = Path(tempfile.mkdtemp(prefix="graphprune_calib_")) / f"{folder.name}.npz"
-    np.savez(path, **arrays)
-    return path
-
-
-def _measure(res, model, calib, html_out, benchmark, threads, repeats, max_drop, min_speedup,
-             seed, quiet, provider="CPUExecutionProvider", input_shapes=None) -> list[dict]:
-    """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate."""
+def _measure(res, model, cal, calib, html_out, benchmark, threads, repeats, max_drop,
+             min_speedup, seed, quiet, provider="CPUExecutionProvider",
+             input_shapes=None) -> list[dict]:
+    """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate.
+    `cal`: the checked --calib data (`calib`, its path, names it in the report)."""
     from ..pipeline.measure import check_gates, evaluate_result
     from ..progress import progress_enabled
 
-    evaluate_result(res, str(model), calib_path=calib, benchmark=benchmark, threads=threads,
-                    repeats=repeats, seed=seed, progress=progress_enabled(quiet),
-                    provider=provider, input_shapes=input_shapes)
+    evaluate_result(res, str(model), benchmark=benchmark, threads=threads, repeats=repeats,
+                    seed=seed, progress=progress_enabled(quiet), provider=provider,
+                    input_shapes=input_shapes,
+                    calib=cal.feeds if cal is not None else None,
+                    calib_name=Path(calib).name if calib is not None else None)
     if html_out:
         from ..report.html import attach_unit_scores
 
