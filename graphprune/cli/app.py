@@ -165,8 +165,16 @@ def fail(msg: str, debug: bool, code: int = EXIT_USAGE) -> None:
 
 
 def setup_logging(debug: bool) -> None:
+    """Python logging at WARNING (DEBUG with --debug); ONNX Runtime's own logging off (on at
+    ERROR with --debug) in this process and the ones it starts; Python warnings (from
+    numpy, matplotlib, ...) off unless --debug, so stderr carries graphprune's lines only."""
+    import warnings
+
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(name)s: %(message)s")
+    if not debug:
+        warnings.simplefilter("ignore")
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)
     from ..runtime.session import set_debug
 
     set_debug(debug)

@@ -27,7 +27,8 @@ from ..errors import UserError
 from ..ir.load import file_bytes
 from ..ir.storage import TWO_GB, approx_bytes
 from ..progress import bar
-from .session import providers_for, random_inputs, resolve_provider
+from .session import (log_level, providers_for, random_inputs, resolve_provider, run_options,
+                      set_log_level)
 from .session import session as make_session
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,11 @@ def node_placement(path: str, feeds: dict, threads: int, provider: str) -> dict:
         opts = ort.SessionOptions()
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(d, "run")
-        opts.log_severity_level = 4
+        opts.log_severity_level = log_level()
         if threads:
             opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(path, sess_options=opts, providers=providers_for(provider))
-        sess.run(None, feeds)
+        sess.run(None, feeds, run_options())
         trace = json.loads(Path(sess.end_profiling()).read_text())
     nodes, seen = [], set()
     for e in trace:
@@ -124,17 +125,17 @@ def node_placement(path: str, feeds: dict, threads: int, provider: str) -> dict:
 
 
 def _warm(sess, names, feeds, warmup: int) -> None:
-    t0, done = time.perf_counter(), 0
+    t0, done, ro = time.perf_counter(), 0, run_options()
     while done < warmup or (warmup and time.perf_counter() - t0 < MIN_WARMUP_S):
-        sess.run(names, feeds)
+        sess.run(names, feeds, ro)
         done += 1
 
 
 def _timed(sess, names, feeds, n: int) -> list[float]:
-    out = []
+    out, ro = [], run_options()
     for _ in range(n):
         t = time.perf_counter()
-        sess.run(names, feeds)
+        sess.run(names, feeds, ro)
         out.append((time.perf_counter() - t) * 1e3)
     return out
 
@@ -209,7 +210,8 @@ def _in_child(fn, *args, **kw):
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory(prefix="graphprune-child-") as d:
         out = Path(d) / "result.json"
-        spec = json.dumps({"fn": fn.__name__, "args": args, "kw": kw, "out": str(out)})
+        spec = json.dumps({"fn": fn.__name__, "args": args, "kw": kw, "out": str(out),
+                           "log": log_level()})
         r = subprocess.run([sys.executable, "-c", "from graphprune.runtime.bench import "
                             "_child_main; _child_main()"], input=spec, text=True, env=env,
                            stdout=subprocess.DEVNULL)
@@ -223,6 +225,7 @@ def _in_child(fn, *args, **kw):
 
 def _child_main() -> None:
     spec = json.loads(sys.stdin.read())
+    set_log_level(spec.get("log", log_level()))  # the parent's ONNX Runtime log level
     try:
         data = {"result": globals()[spec["fn"]](*spec["args"], **spec["kw"])}
     except Exception as e:  # reported to the parent, which raises it as a UserError

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..ir.inputs import input_specs, text_feeds
-from .session import session
+from .session import run_options, session
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
@@ -31,7 +31,7 @@ def ort_logits(model, threads: int = 0, output: str | None = None) -> LogitsFn:
     name = output or sess.get_outputs()[0].name
 
     def run(ids: np.ndarray) -> np.ndarray:
-        return sess.run([name], text_feeds(specs, np.asarray(ids)))[0]
+        return sess.run([name], text_feeds(specs, np.asarray(ids)), run_options())[0]
 
     return run
 

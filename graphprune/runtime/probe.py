@@ -17,7 +17,7 @@ import onnx
 from ..ir import Dim
 from ..ir.storage import approx_bytes
 from .isolate import isolated
-from .session import random_inputs, session
+from .session import random_inputs, run_options, session
 
 MAX_MODEL_BYTES = 1 << 30
 PROBE_SIZES = ((2, 7), (3, 11))  # (batch, other symbolic dims) for the two runs
@@ -50,7 +50,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 def _run_all(model: onnx.ModelProto, names: list[str], sizes, seed: int):
     sess = session(model)
     feeds = random_inputs(sess, seed=seed, batch=sizes[0], dynamic=sizes[1])
-    outs = sess.run(names, feeds)
+    outs = sess.run(names, feeds, run_options())
     got = {n: tuple(np.shape(v)) for n, v in zip(names, outs)}
     got.update({n: tuple(np.shape(v)) for n, v in feeds.items()})
     return got

@@ -1,9 +1,12 @@
 """ONNX Runtime sessions: the one factory every run in graphprune goes through.
 
-Sessions log nothing: ORT's own log lines would reach stderr before graphprune's
-one-line message, so the severity is set to FATAL unless graphprune runs with --debug
-(`set_debug`). `low_memory` (big models) turns weight pre-packing off, so weights are used
-where they lie instead of being copied into packed buffers.
+ONNX Runtime logs nothing: its own log lines would reach stderr before graphprune's one-line
+message, so the severity is FATAL unless graphprune runs with --debug (`set_debug`), at every
+level ORT has: the default (environment) logger, set when this module is imported, each
+session's logger and each run's. Forked children inherit the setting; the fresh Python
+processes of the benchmark are given it (`log_level`, `set_log_level`). `low_memory` (big
+models) turns weight pre-packing off, so weights are used where they lie instead of being
+copied into packed buffers.
 """
 from __future__ import annotations
 
@@ -19,13 +22,26 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
 }
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-_LOG = {"level": 4}  # 3 = ERROR, 4 = FATAL
+ERROR, FATAL = 3, 4
+_LOG = {"level": FATAL}
+
+
+def set_log_level(level: int) -> None:
+    """ONNX Runtime's severity for the default logger and every later session and run."""
+    _LOG["level"] = int(level)
+    ort.set_default_logger_severity(_LOG["level"])
+
+
+def log_level() -> int:
+    return _LOG["level"]
 
 
 def set_debug(debug: bool) -> None:
     """Let ONNX Runtime's own error messages through (for --debug)."""
-    _LOG["level"] = 3 if debug else 4
-    ort.set_default_logger_severity(_LOG["level"])
+    set_log_level(ERROR if debug else FATAL)
+
+
+set_log_level(FATAL)
 
 
 def background_threads() -> int:
@@ -101,7 +117,14 @@ def random_inputs(sess: ort.InferenceSession, seed: int = 0, dynamic: int = 1,
     return feeds
 
 
+def run_options() -> ort.RunOptions:
+    """Options for `InferenceSession.run` at graphprune's log level."""
+    opts = ort.RunOptions()
+    opts.log_severity_level = _LOG["level"]
+    return opts
+
+
 def run(sess: ort.InferenceSession, feeds: dict, names: list[str] | None = None
         ) -> dict[str, np.ndarray]:
     names = names or [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds)))
+    return dict(zip(names, sess.run(names, feeds, run_options())))

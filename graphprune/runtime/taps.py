@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from ..ir.inputs import feed_batches, input_specs, symbolic_batch
-from .session import run, session
+from .session import run, run_options, session
 
 
 def with_taps(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -57,7 +57,7 @@ class TapRunner:
             step = batch if (symbolic and batch) else n
             for s in range(0, n, step):
                 sub = {k: v[s:s + step] for k, v in chunk.items()} if step < n else chunk
-                outs = dict(zip(fetch, sess.run(fetch, sub))) if fetch else {}
+                outs = dict(zip(fetch, sess.run(fetch, sub, run_options()))) if fetch else {}
                 outs.update({k: v for k, v in sub.items() if k in names})
                 yield sub, outs
 
