@@ -9,7 +9,7 @@ import click
 
 from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
-from .app import EXIT_GATE, fail, main, setup_logging
+from .app import EXIT_GATE, emit, fail, main, setup_logging
 from .recipe import config_option, deprecated_global
 
 
@@ -24,6 +24,7 @@ def analyze_cmd(model, as_json, show_all, input_shapes, debug):
     """List coupled groups, their prunable units, and frozen groups with the reason."""
     from ..pipeline.pipeline import analyze_model
 
+    setup_logging(debug)
     try:
         _, dg = analyze_model(str(model), input_shapes=input_shapes)
     except UserError as e:
@@ -36,17 +37,20 @@ def analyze_cmd(model, as_json, show_all, input_shapes, debug):
                      "members": len(g.members), "prunable": g.prunable,
                      "frozen_reason": g.frozen_reason})
     if as_json:
-        click.echo(json.dumps({"groups": rows, "unsupported_ops": dg.unsupported_ops}, indent=2))
+        emit(json.dumps({"groups": rows, "unsupported_ops": dg.unsupported_ops}, indent=2))
         return
     w = max([len(r["name"]) for r in rows] + [5])
-    click.echo(f"{'id':>4}  {'group':<{w}}  {'units':>6}  {'members':>7}  status")
+    lines = [f"{'id':>4}  {'group':<{w}}  {'units':>6}  {'members':>7}  status"]
     for r in rows:
         status = "prunable" if r["prunable"] else f"frozen: {r['frozen_reason']}"
-        click.echo(f"{r['id']:>4}  {r['name']:<{w}}  {r['units']:>6}  {r['members']:>7}  {status}")
+        lines.append(f"{r['id']:>4}  {r['name']:<{w}}  {r['units']:>6}  {r['members']:>7}  "
+                     f"{status}")
     n_p = sum(r["prunable"] for r in rows)
-    click.echo(f"{n_p} prunable groups, {len(rows) - n_p} frozen")
+    lines.append(f"{n_p} prunable groups, {len(rows) - n_p} frozen")
     if dg.unsupported_ops:
-        click.echo("ops without a rule: " + ", ".join(f"{k}×{v}" for k, v in dg.unsupported_ops.items()))
+        lines.append("ops without a rule: " + ", ".join(f"{k}×{v}" for k, v in
+                                                        dg.unsupported_ops.items()))
+    emit("\n".join(lines))
 
 
 @main.command("bench")
@@ -92,9 +96,9 @@ def bench_cmd(model, other, threads, warmup, repeats, batch, provider, input_sha
     except UserError as e:
         fail(str(e), debug)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        emit(json.dumps(data, indent=2))
     else:
-        click.echo(bench.format_table(data["models"], data.get("compare")))
+        emit(bench.format_table(data["models"], data.get("compare")))
 
 
 @main.command("sweep")
@@ -109,7 +113,7 @@ def bench_cmd(model, other, threads, warmup, repeats, batch, provider, input_sha
                    "of the data-aware criteria).")
 @click.option("--max-drop", type=float, default=None,
               help="Recommend the largest ratio whose fidelity drop is <= X.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for sweep.json/csv/png (default: MODEL.sweep beside the input).")
 @click.option("--global-rank", "global_rank", is_flag=True,
               help="Global ranking across groups.")
@@ -142,8 +146,9 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, g
 
     setup_logging(debug)
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
-    out_dir = out_dir or model.with_name(f"{stem}.sweep")
+    out_dir = out_dir if out_dir is not None else str(model.with_name(f"{stem}.sweep"))
     try:
+        inputs = _check_sweep_outputs(model, out_dir, max_drop, no_latency, threads, repeats)
         result = run_sweep(str(model), parse_ratios(ratios), criterion=criterion,
                            calib_path=calib, max_drop=max_drop, latency=not no_latency,
                            threads=threads, repeats=repeats, seed=seed,
@@ -152,18 +157,42 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, g
                            protect=list(protect), input_shapes=input_shapes,
                            provider=provider, jobs=jobs or default_workers(),
                            scheduler=scheduler)
-        paths = write_outputs(result, out_dir)
+        paths = write_outputs(result, out_dir, protect=inputs)
     except UserError as e:
         fail(str(e), debug)
     except ValidationError as e:
         fail(f"a pruned model failed validation: {e}", debug)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        emit(json.dumps(result, indent=2))
     elif not quiet:
-        click.echo(format_table(result))
-        click.echo(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+        emit(format_table(result) + f"\nwrote {paths['json']}, {paths['csv']}, {paths['png']}")
     if max_drop is not None and result.get("recommended") is None:
         # a CI gate like prune's --max-drop: the outputs are written, the step fails
         click.echo(f"graphprune: gate failed: no ratio keeps the fidelity drop <= {max_drop}",
                    err=True)
         sys.exit(EXIT_GATE)
+
+
+def _check_sweep_outputs(model: Path, out_dir: str, max_drop, no_latency, threads,
+                         repeats) -> list[str]:
+    """Before any work: the gate limit, the benchmark counts, and the three output files
+    (never through a link or over the input; see graphprune.ir.writer). Returns the input's
+    files, which no output may replace."""
+    import os
+
+    from ..ir.load import data_files
+    from ..ir.writer import check_targets
+    from ..pipeline.options import check_gate_limits
+    from ..runtime import bench
+
+    check_gate_limits(max_drop)
+    if not no_latency:
+        bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
+                           repeats=(repeats, 1, bench.MAX_RUNS))
+    targets = [os.path.join(out_dir, n) for n in ("sweep.json", "sweep.csv", "sweep.png")]
+    protect = [str(model)] + [str(f) for f in data_files(model)] if model.is_file() else []
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise UserError(f"{out_dir}: --out is not a folder")
+        check_targets(targets, protect=protect)
+    return protect

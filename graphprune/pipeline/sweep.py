@@ -24,7 +24,7 @@ from ..runtime import bench
 from ..runtime.fidelity import fidelity
 from ..runtime.taps import TapRunner
 from .measure import model_cost
-from .options import CALIB_CRITERIA, PruneOptions
+from .options import CALIB_CRITERIA, PruneOptions, check_gate_limits
 from .parallel import run_jobs
 from .pipeline import PIPELINE, result_of, run_stages
 from .state import PruneState, Source
@@ -51,6 +51,7 @@ def run_sweep(model_path, ratios: list[float], criterion: str = "magnitude",
     "calibration"}. The ratios (select, rewrite, validate, fidelity) run as `jobs` local
     processes, or on the Dask cluster at `scheduler` (see `graphprune.pipeline.parallel`);
     the latency of every model is then measured here, interleaved in one process."""
+    check_gate_limits(max_drop)
     original = load_model(model_path)
     calib = load_npz(calib_path, original) if calib_path else None
     calib_name = Path(calib_path).name if calib_path else None
