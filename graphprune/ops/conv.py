@@ -28,6 +28,13 @@ def _couple_groups(ctx, x_axis_owner, c_total, c_per_group, m_owner, m_total, m_
         ctx.couple(name, axis, v, 0, (m, m // m_per_group))
 
 
+def _invalid_group(ctx, x, y, g: int) -> None:
+    """A `group` below 1 is not a valid convolution (ONNX Runtime refuses to run it): its
+    channel axes are left alone."""
+    ctx.block(x, 1, f"conv with group={g} (must be >= 1)")
+    ctx.block(y, 1, f"conv with group={g} (must be >= 1)")
+
+
 @rule("Conv")
 class Conv(OpRule):
     def analyze(self, ctx):
@@ -44,6 +51,9 @@ class Conv(OpRule):
         if g == 1:
             ctx.couple(x, 1, w, 1)
             ctx.role(w, 1, ROLE_IN)
+            return
+        if g < 1:
+            _invalid_group(ctx, x, y, g)
             return
         c, m = ctx.static_dim(x, 1), ctx.static_dim(w, 0)
         if c is None or m is None or c % g or m % g:
@@ -84,6 +94,9 @@ class ConvTranspose(OpRule):
         if g == 1:
             ctx.couple(y, 1, w, 1)
             ctx.role(w, 1, ROLE_OUT)
+            return
+        if g < 1:
+            _invalid_group(ctx, x, y, g)
             return
         c, mg = ctx.static_dim(x, 1), ctx.static_dim(w, 1)
         if c is None or mg is None or c % g:
