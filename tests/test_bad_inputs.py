@@ -240,6 +240,7 @@ def test_grouped_conv_with_group_zero_analyzes(tmp_path):
     (["--calib-random", "0", "--criterion", "wanda"], "--calib-random"),
     (["--calib-random", "20000", "--criterion", "wanda"], "--calib-random"),
     (["--benchmark", "--threads", "-1"], "--threads"),
+    (["--threads", "-1"], "--threads"),
     (["--benchmark", "--repeats", "0"], "--repeats"),
     (["--seq-len", "1"], "--seq-len"),
 ])
@@ -258,12 +259,14 @@ def test_numeric_options_refused_before_any_work(tmp_path, demo, monkeypatch, fl
     (["sweep", "{m}", "--ratios", "0.2", "--repeats", "0"], "--repeats"),
     (["bench", "{m}", "--batch", "1000000000"], "--batch"),
     (["bench", "{m}", "--threads", "-3"], "--threads"),
+    (["bench", "{m}", "--seed", "-1"], "--seed"),
 ])
 def test_numeric_options_of_sweep_and_bench(tmp_path, demo, args, needle):
     """Item 7, the other commands. Before: `sweep --max-drop nan` ran and failed its gate
     (exit 1) and `bench --batch 1000000000` was accepted (a model with a symbolic batch then
     allocated it); the sweep's
-    `--repeats 0` and bench's `--threads -3` were refused already (after the sweep's pruning)."""
+    `--repeats 0` and bench's `--threads -3` were refused already (after the sweep's pruning),
+    `bench --seed -1` only by ONNX Runtime's run."""
     refused_untouched(tmp_path, [a.format(m=demo) for a in args], needle)
 
 

@@ -148,7 +148,7 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, g
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
     out_dir = out_dir if out_dir is not None else str(model.with_name(f"{stem}.sweep"))
     try:
-        inputs = _check_sweep_outputs(model, out_dir, max_drop, no_latency, threads, repeats)
+        inputs = _check_sweep_outputs(model, out_dir, max_drop, threads, repeats)
         result = run_sweep(str(model), parse_ratios(ratios), criterion=criterion,
                            calib_path=calib, max_drop=max_drop, latency=not no_latency,
                            threads=threads, repeats=repeats, seed=seed,
@@ -173,8 +173,7 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, g
         sys.exit(EXIT_GATE)
 
 
-def _check_sweep_outputs(model: Path, out_dir: str, max_drop, no_latency, threads,
-                         repeats) -> list[str]:
+def _check_sweep_outputs(model: Path, out_dir: str, max_drop, threads, repeats) -> list[str]:
     """Before any work: the gate limit, the benchmark counts, and the three output files
     (never through a link or over the input; see graphprune.ir.writer). Returns the input's
     files, which no output may replace."""
@@ -186,9 +185,8 @@ def _check_sweep_outputs(model: Path, out_dir: str, max_drop, no_latency, thread
     from ..runtime import bench
 
     check_gate_limits(max_drop)
-    if not no_latency:
-        bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
-                           repeats=(repeats, 1, bench.MAX_RUNS))
+    bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
+                       repeats=(repeats, 1, bench.MAX_RUNS))
     targets = [os.path.join(out_dir, n) for n in ("sweep.json", "sweep.csv", "sweep.png")]
     protect = [str(model)] + [str(f) for f in data_files(model)] if model.is_file() else []
     if os.path.lexists(out_dir):

@@ -259,9 +259,10 @@ def check_counts(**counts: tuple[object, int, int]) -> None:
                             f"{hi}], got {v!r}")
 
 
-def _check(threads, warmup, repeats, batch, provider) -> None:
+def _check(threads, warmup, repeats, batch, provider, seed: int = 0) -> None:
     check_counts(threads=(threads, 0, MAX_THREADS), warmup=(warmup, 0, MAX_RUNS),
-                 repeats=(repeats, 1, MAX_RUNS), batch=(batch, 1, MAX_BATCH))
+                 repeats=(repeats, 1, MAX_RUNS), batch=(batch, 1, MAX_BATCH),
+                 seed=(seed, 0, 2 ** 63 - 1))
     resolve_provider(provider)
 
 
@@ -288,7 +289,7 @@ def benchmark(model, threads: int = 0, warmup: int = 5, repeats: int = 50, batch
     MIN_WARMUP_S seconds. `isolate=False` measures in this process (faster to start, but peak
     memory then includes everything this process did before).
     """
-    _check(threads, warmup, repeats, batch, provider)
+    _check(threads, warmup, repeats, batch, provider, seed)
     provider = resolve_provider(provider)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     with tempfile.TemporaryDirectory(prefix="graphprune-bench-") as tmp:
@@ -315,7 +316,7 @@ def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int
     """Benchmark several models for comparison: latency interleaved in one child process
     (`measure_interleaved`), and with `memory` the peak RSS of each model in its own fresh
     child (a session plus a few runs). Same result keys as `benchmark`."""
-    _check(threads, warmup, repeats, batch, provider)
+    _check(threads, warmup, repeats, batch, provider, seed)
     provider = resolve_provider(provider)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     with tempfile.TemporaryDirectory(prefix="graphprune-bench-") as tmp:
