@@ -85,6 +85,9 @@ def _decode(path: Path, mode: str):
         raise
     except MemoryError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path}: the image has too many pixels (a decompression bomb?); at "
+                        f"most {MAX_IMAGE_PIXELS:,} pixels are decoded") from None
     except Exception as e:  # noqa: BLE001  (Pillow raises many kinds on a bad file)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"{path}: not a readable image ({why})") from None
