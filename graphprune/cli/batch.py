@@ -12,7 +12,9 @@ import click
 
 from ..errors import UserError, ValidationError
 from ..ir.files import atomic_write_text
-from .app import EXIT_GATE, EXIT_USAGE, fail, main, setup_logging
+from ..ir.load import data_files
+from ..ir.writer import check_targets
+from .app import EXIT_GATE, EXIT_USAGE, emit, fail, main, setup_logging
 from .prune import default_output, prune_options, run_prune
 from .recipe import config_option, merge_global
 
@@ -77,7 +79,7 @@ def _row(entry: dict) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the pruned models and their reports (default: beside each "
                    "model).")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="The batch report (every model's report; default OUT/batch.json with --out).")
 @click.option("--jobs", type=int, default=0, show_default=True,
               help="Models pruned at once in local processes (0: one per CPU core).")
@@ -89,15 +91,20 @@ def _row(entry: dict) -> str:
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def batch_cmd(models, out_dir, report, jobs, scheduler, quiet, as_json, debug, **options):
     """Prune every model of MODELS (files or folders) with the same options."""
-    from ..pipeline.parallel import default_workers, run_jobs
+    from ..pipeline.parallel import MAX_JOBS, default_workers, run_jobs
+    from ..runtime import bench
 
     setup_logging(debug)
     merge_global(options)
     try:
+        bench.check_counts(jobs=(jobs, 0, MAX_JOBS))
         if out_dir is not None and not out_dir.is_dir():
             raise UserError(f"{out_dir}: output folder does not exist")
         targets = _targets(_models(models), out_dir)
-        report = report or (out_dir / "batch.json" if out_dir is not None else None)
+        report = report or (str(out_dir / "batch.json") if out_dir is not None else None)
+        inputs = _inputs([m for m, _, _ in targets])
+        if report:  # before any work: never through a link, never over an input
+            check_targets([report], protect=inputs)
         entries = run_jobs(_job, [(str(m), str(o), str(r)) for m, o, r in targets], options,
                            workers=jobs or default_workers(), scheduler=scheduler)
         result = {"models": entries, "options": {k: (str(v) if isinstance(v, Path) else v)
@@ -106,15 +113,13 @@ def batch_cmd(models, out_dir, report, jobs, scheduler, quiet, as_json, debug, *
                   "gates_failed": sum(any(not g["passed"] for g in e.get("gates", []))
                                       for e in entries)}
         if report:
-            write_batch_report(report, result)
+            write_batch_report(report, result, protect=inputs)
     except UserError as e:
         fail(str(e), debug)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        emit(json.dumps(result, indent=2))
     elif not quiet:
-        click.echo("\n".join(_row(e) for e in entries))
-        if report:
-            click.echo(f"wrote {report}")
+        emit("\n".join(_row(e) for e in entries) + (f"\nwrote {report}" if report else ""))
     if result["failed"]:
         click.echo(f"graphprune: error: {result['failed']} of {len(entries)} models failed",
                    err=True)
@@ -125,5 +130,16 @@ def batch_cmd(models, out_dir, report, jobs, scheduler, quiet, as_json, debug, *
         sys.exit(EXIT_GATE)
 
 
-def write_batch_report(path: Path, result: dict) -> None:
-    atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
+def _inputs(models: list[Path]) -> list[str]:
+    """Every input model and its data files: no output of the batch may replace one."""
+    out = []
+    for m in models:
+        if m.is_file():
+            out += [str(m)] + [str(f) for f in data_files(m)]
+    return out
+
+
+def write_batch_report(path, result: dict, protect=()) -> None:
+    """The batch report, through the output writer (never through a link or a device, never
+    over `protect`ed files)."""
+    atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n", protect)

@@ -9,6 +9,7 @@ import click
 
 from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
+from ..pipeline.parallel import MAX_JOBS
 from .app import EXIT_GATE, emit, fail, main, setup_logging
 from .recipe import config_option, deprecated_global
 
@@ -148,7 +149,7 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, g
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
     out_dir = out_dir if out_dir is not None else str(model.with_name(f"{stem}.sweep"))
     try:
-        inputs = _check_sweep_outputs(model, out_dir, max_drop, threads, repeats)
+        inputs = _check_sweep_outputs(model, out_dir, max_drop, threads, repeats, jobs)
         result = run_sweep(str(model), parse_ratios(ratios), criterion=criterion,
                            calib_path=calib, max_drop=max_drop, latency=not no_latency,
                            threads=threads, repeats=repeats, seed=seed,
@@ -173,7 +174,8 @@ def sweep_cmd(model, ratios, criterion, calib, max_drop, out_dir, global_rank, g
         sys.exit(EXIT_GATE)
 
 
-def _check_sweep_outputs(model: Path, out_dir: str, max_drop, threads, repeats) -> list[str]:
+def _check_sweep_outputs(model: Path, out_dir: str, max_drop, threads, repeats,
+                         jobs) -> list[str]:
     """Before any work: the gate limit, the benchmark counts, and the three output files
     (never through a link or over the input; see graphprune.ir.writer). Returns the input's
     files, which no output may replace."""
@@ -186,7 +188,7 @@ def _check_sweep_outputs(model: Path, out_dir: str, max_drop, threads, repeats) 
 
     check_gate_limits(max_drop)
     bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
-                       repeats=(repeats, 1, bench.MAX_RUNS))
+                       repeats=(repeats, 1, bench.MAX_RUNS), jobs=(jobs, 0, MAX_JOBS))
     targets = [os.path.join(out_dir, n) for n in ("sweep.json", "sweep.csv", "sweep.png")]
     protect = [str(model)] + [str(f) for f in data_files(model)] if model.is_file() else []
     if os.path.lexists(out_dir):

@@ -22,13 +22,16 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 from ..errors import UserError
+from ..ir.writer import install_signal_handlers
 
 _SHARED: dict = {}
+MAX_JOBS = 4096
 
 
 def _init(shared) -> None:
     _SHARED["value"] = shared
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    install_signal_handlers()  # SIGTERM ends a worker's job cleanly (no staged files left)
 
 
 def _call(fn: Callable, args: tuple):
@@ -43,8 +46,8 @@ def run_jobs(fn: Callable, jobs: list[tuple], shared=None, workers: int = 1,
              scheduler: str | None = None) -> list:
     """Results of `fn(shared, *args)` for every `args` in `jobs`, in order (see the module
     docstring)."""
-    if workers < 1:
-        raise UserError(f"--jobs must be >= 1, got {workers}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_JOBS:
+        raise UserError(f"--jobs must be in [1, {MAX_JOBS}], got {workers}")
     if scheduler:
         return _on_dask(fn, jobs, shared, scheduler)
     if workers == 1 or len(jobs) <= 1:
