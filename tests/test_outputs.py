@@ -517,3 +517,39 @@ def test_stdout_on_a_full_disk_is_one_line(tmp_path, command):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert one_line(r.stderr) == ("graphprune: error: cannot write to standard output: No space "
                                   "left on device")
+
+
+# ====================================================================== plan and batch
+def test_save_plan_goes_through_the_writer(tmp_path):
+    """`--save-plan` is one of the command's outputs: a link or a FIFO is refused before any
+    work, and the plan lands with the model and the report. Before: `--save-plan` to a
+    symlink replaced the link with a file."""
+    model = tmp_path / "demo.onnx"
+    model.write_bytes(DEMO.read_bytes())
+    link = tmp_path / "plan.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    r = cli(model, "-o", tmp_path / "o.onnx", "--save-plan", link, "--quiet")
+    assert_refused(r, "symbolic link")
+    assert os.readlink(link) == str(tmp_path / "elsewhere.json")
+    assert sorted(os.listdir(tmp_path)) == ["demo.onnx", "plan.json"]
+    link.unlink()
+    r = cli(model, "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json", "--save-plan",
+            tmp_path / "plan.json", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["demo.onnx", "o.onnx", "plan.json", "r.json"]
+    assert json.loads((tmp_path / "plan.json").read_text())["graphprune_plan"] == 1
+
+
+def test_batch_report_refused_up_front_when_it_is_a_link(tmp_path):
+    """`graphprune batch --report LINK`: refused before any model is pruned, the link and the
+    models untouched. Before: every model was pruned and written, then the link was replaced
+    by the batch report."""
+    d = tmp_path / "models"
+    d.mkdir()
+    (d / "a.onnx").write_bytes(DEMO.read_bytes())
+    link = tmp_path / "batch.json"
+    link.symlink_to(d / "a.onnx")
+    r = cli("batch", d, "--report", link, "--jobs", "1", "--quiet")
+    assert_refused(r, "symbolic link")
+    assert os.readlink(link) == str(d / "a.onnx")
+    assert os.listdir(d) == ["a.onnx"] and (d / "a.onnx").read_bytes() == DEMO.read_bytes()
