@@ -50,6 +50,23 @@ class Runner(Protocol):
     def run(self, model: onnx.ModelProto, feeds: dict, names: list[str] | None = None) -> dict:
         """Outputs of one run."""
 
+    def segments(self, model: onnx.ModelProto, feeds: dict, batch: int) -> "Segments":
+        """A stage-by-stage walk of `model` over the samples in `feeds` (see `Segments`)."""
+
+
+class Segments(Protocol):
+    """A model run piece by piece over fixed calibration batches (sequential reconstruction
+    and statistics correction walk the graph stage by stage in about one forward pass)."""
+
+    def advance(self, taps: list[str], overrides: dict | None = None,
+                adds: dict | None = None):
+        """Yield {tap: value} per batch, running only the nodes no earlier call ran, with
+        `overrides` (constant name -> new value) and `adds` (tensor -> constant added after
+        its node) applied to them. Consume it to the end."""
+
+    def update(self, name: str, fn) -> None:
+        """Replace the kept values of tensor `name` (read by nodes not run yet) by fn(value)."""
+
 
 # --------------------------------------------------------------------------- consumers
 @dataclass

@@ -72,3 +72,9 @@ class TapRunner:
     def run(self, model: onnx.ModelProto, feeds: dict, names: list[str] | None = None) -> dict:
         sess = self._session(model if names is None else with_taps(model, names))
         return run(sess, feeds, names)
+
+    def segments(self, model: onnx.ModelProto, feeds: dict, batch: int):
+        """A stage-by-stage walk of `model` (`graphprune.runtime.segments.Segments`)."""
+        from .segments import Segments
+
+        return Segments(model, feeds, batch, threads=self.threads, provider=self.provider)
