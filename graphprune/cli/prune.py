@@ -103,6 +103,21 @@ PRUNE_OPTIONS = [
                  default="auto", show_default=True,
                  help="Weight/bias compensation of the pruned units' consumers (auto: obspa for "
                       "obspa, bias-only for flap, none otherwise). Needs calibration."),
+    click.option("--reconstruct/--no-reconstruct", default=None,
+                 help="Refit every consumer of a removed unit in graph order, by least squares "
+                      "on the partly pruned model's activations against the original's outputs "
+                      "(replaces the one-shot compensation). Default: on when calibration data "
+                      "reaches a data-aware criterion (wanda, flap, obspa, amp, lrp) and "
+                      "--compensate is auto or obspa."),
+    click.option("--correct", "correct", type=click.Choice(["auto", "meanvar", "mean", "none"]),
+                 default="auto", show_default=True,
+                 help="Match every changed layer's per-channel output mean (and variance) to "
+                      "the original's on the calibration data, folded into its weights and "
+                      "bias (auto: meanvar together with --reconstruct, else none)."),
+    click.option("--allocate/--no-allocate", default=None,
+                 help="With --target-params: widths per group from measured sensitivity (OBS "
+                      "error curves, calibrated or data-free) instead of uniform. Default: on "
+                      "for --target-params without --global-rank or --ratio-for."),
     click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report)."),
     click.option("--threads", type=int, default=0, show_default=True,
                  help="ORT intra-op threads for --benchmark (0: onnxruntime default)."),
@@ -186,7 +201,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
               min_keep, protect, protect_op, allow_unmatched, steps, plan, input_shapes,
               provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
               seq_len, preprocess, labels, compensate, benchmark, threads, repeats, max_drop,
-              min_speedup) -> tuple[dict, list]:
+              min_speedup, reconstruct=None, correct="auto", allocate=None) -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
     check the calibration data, prune, measure, then write the model, its data file and the
     reports together (see `graphprune.ir.writer`). Returns the report and the gates (also what
@@ -208,9 +223,11 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, in_memory=measure, defer_validation=not measure,
+                reconstruct=reconstruct, allocate=allocate,
+                correct=None if correct == "auto" else correct,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
-                                 steps))
+                                 steps, bool(reconstruct) or correct not in ("auto", "none")))
     gates = []
     if measure:
         gates = _measure(res, model, cal, calib, html_out, benchmark or min_speedup is not None,
@@ -255,14 +272,15 @@ def _load_calib(model, calib: Path, preprocess, labels, seed):
 
 def _calib_options(criterion, calib, calib_random, preprocess, labels, compensate,
                    calib_text=None, tokenizer=None, seq_len=128, drop_blocks=0,
-                   steps=1) -> dict:
+                   steps=1, levers=False) -> dict:
     """prune() options for calibration: passed on when something reads the samples (a
-    data-aware criterion, compensation, block scoring); prune() checks them. `calib`: the
+    data-aware criterion, compensation, block scoring, `levers`: --reconstruct or --correct
+    asked for); prune() checks them. `calib`: the
     `Calibration` read from --calib (labels included), or None."""
     from ..pipeline.options import CALIB_CRITERIA
 
     opts = {} if compensate == "auto" else {"compensate": compensate}
-    if not (criterion in CALIB_CRITERIA or "compensate" in opts or drop_blocks):
+    if not (criterion in CALIB_CRITERIA or "compensate" in opts or drop_blocks or levers):
         return opts
     if calib is not None:
         opts.update(calib=calib, preprocess=preprocess)

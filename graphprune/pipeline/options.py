@@ -17,6 +17,7 @@ from ..runtime.session import resolve_provider
 CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")  # read calibration samples
 STATS_CRITERIA = ("wanda", "flap", "obspa", "amp")  # read consumer statistics
 COMPENSATIONS = ("flap", "obspa")
+CORRECTIONS = ("meanvar", "mean")
 
 
 @dataclass
@@ -63,6 +64,11 @@ class PruneOptions:
     input_shapes: object = None
     # ONNX Runtime execution provider of calibration and validation runs (cpu, cuda, ...)
     provider: str = "CPUExecutionProvider"
+    # the accuracy levers (see graphprune.transforms.reconstruct / correct / allocate); None:
+    # the default (`reconstructing`, `correction_mode`, `allocating` below say what it is)
+    reconstruct: object = None  # refit consumers in graph order on the partly pruned model
+    correct: object = None  # "meanvar" | "mean" | "none": per-channel statistics correction
+    allocate: object = None  # widths from OBS error curves for target_params
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -130,6 +136,7 @@ class PruneOptions:
         self.input_shapes = parse_input_shapes(self.input_shapes)
         self.provider = resolve_provider(self.provider)
         compensation_mode(self)  # refuses an unknown mode
+        check_levers(self)
         if self.steps > 1 and (compensation_mode(self) is None or not self.has_calibration):
             raise UserError("--steps needs compensation on calibration data (obspa or flap "
                             "with --calib/--calib-random/--calib-text): without it, pruning "
@@ -192,6 +199,64 @@ def compensation_mode(opts: PruneOptions) -> str | None:
     if c not in COMPENSATIONS:
         raise UserError(f"compensate takes flap, obspa or none; got {c!r}")
     return c
+
+
+def check_levers(opts: PruneOptions) -> None:
+    """reconstruct / correct / allocate: known values, and what each needs."""
+    if opts.reconstruct not in (None, True, False):
+        raise UserError(f"reconstruct takes True or False, got {opts.reconstruct!r}")
+    if opts.correct not in (None, True, False, "none", *CORRECTIONS):
+        raise UserError(f"correct takes meanvar, mean or none, got {opts.correct!r}")
+    if opts.allocate not in (None, True, False, "obs", "none"):
+        raise UserError(f"allocate takes obs or none, got {opts.allocate!r}")
+    explicit = [f for f, v in (("--reconstruct", opts.reconstruct is True),
+                               ("--correct", opts.correct not in (None, False, "none")))
+                if v]
+    if explicit and not opts.has_calibration:
+        verb = "need" if len(explicit) > 1 else "needs"
+        raise UserError(f"{' and '.join(explicit)} {verb} calibration data (--calib, "
+                        "--calib-random or --calib-text)")
+    if opts.allocate in (True, "obs"):
+        if opts.target_params is None:
+            raise UserError("--allocate needs a parameter target (--target-params)")
+        given = [f for f, v in (("--global-rank", opts.global_rank),
+                                ("--ratio-for", bool(opts.ratio_for)),
+                                ("--plan", opts.plan is not None)) if v]
+        if given:
+            raise UserError(f"--allocate sets every width itself; it cannot be combined with "
+                            f"{', '.join(given)}")
+
+
+def reconstructing(opts: PruneOptions) -> bool:
+    """Sequential reconstruction (replaces the one-shot compensation): on by default when
+    calibration data reaches a data-aware criterion (or compensation is asked for), unless
+    compensation is switched off or bias-only."""
+    if opts.reconstruct is not None:
+        return bool(opts.reconstruct)
+    aware = (opts.criterion in CALIB_CRITERIA or callable(opts.criterion)
+             or opts.compensate in (True, "obspa"))
+    return opts.has_calibration and aware and opts.compensate in (None, True, "obspa")
+
+
+def correction_mode(opts: PruneOptions) -> str | None:
+    """Statistics correction: "meanvar" by default with reconstruction (interleaved in its
+    walk), off otherwise."""
+    c = opts.correct
+    if c is None:
+        return "meanvar" if reconstructing(opts) else None
+    if c is False or c == "none":
+        return None
+    return "meanvar" if c is True else c
+
+
+def allocating(opts: PruneOptions) -> bool:
+    """Widths from measured sensitivity: by default for --target-params (uniform selection
+    otherwise), unless widths are ranked globally, fixed per pattern or by a plan."""
+    a = opts.allocate
+    if a is not None:
+        return a in (True, "obs")
+    return (opts.target_params is not None and not opts.global_rank and not opts.ratio_for
+            and opts.plan is None)
 
 
 def check_gate_limits(max_drop=None, min_speedup=None) -> None:

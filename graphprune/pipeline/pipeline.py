@@ -1,7 +1,8 @@
 """The pipeline, declared in one place, and the Python API over it.
 
     read → reference → prepare → calibration → depth → analyze → statistics → score → select
-         → compensate → rewrite → cost → validate → report            (then PruneResult.save)
+         → reconstruct | (snapshot →) compensate (→ correct) → rewrite → cost → validate
+         → report                                                     (then PruneResult.save)
 
 Each stage is a function over one `PruneState` (`graphprune.pipeline.stages`) that declares the
 state fields it needs and the ones it ensures; the runner checks both, so a stage that forgets
@@ -20,7 +21,7 @@ from ..ir import WEIGHTS
 from ..runtime.isolate import Pending
 from ..runtime.taps import TapRunner
 from ..transforms.untie import untie_shared_constants
-from . import plans, stages as s
+from . import levers, plans, stages as s
 from .options import PruneOptions
 from .report import build_report
 from .result import PruneResult
@@ -48,8 +49,14 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("statistics", s.statistics, ("graph",), ("calib_ctx",), s.measuring_statistics,
           "calibrate"),
     Stage("score", s.score, ("graph",), ("scores",)),
-    Stage("select", s.select, ("graph", "scores", "before"), ("plan",)),
+    Stage("select", levers.select, ("graph", "scores", "before"), ("plan",)),
+    Stage("reconstruct", levers.reconstruct, ("plan", "calib_ctx"), ("compensation",),
+          levers.reconstructing_now, "compensate"),
+    Stage("snapshot", levers.snapshot, ("plan",), ("original_model",), levers.correcting_alone,
+          "compensate"),
     Stage("compensate", s.compensate, ("plan", "calib_ctx"), ("compensation",), s.compensating),
+    Stage("correct", levers.correct, ("plan", "original_model", "calibration"), ("correction",),
+          levers.correcting_alone, "compensate"),
     Stage("rewrite", s.rewrite, ("plan", "copies"), ("counts", "shapes_after")),
     Stage("steps", lambda st: _more_steps(st), ("plan",), ("plan",), s.iterating, "select"),
     Stage("cost", s.cost_after, ("shapes_after",), ("after",), phase="validate"),
@@ -62,7 +69,8 @@ PIPELINE: tuple[Stage, ...] = (
 # one more round of iterative pruning (--steps): the partly pruned model analyzed, scored
 # and pruned again
 STEP = tuple(st for st in PIPELINE if st.name in ("analyze", "statistics", "score", "select",
-                                                 "compensate", "rewrite"))
+                                                 "reconstruct", "snapshot", "compensate",
+                                                 "correct", "rewrite"))
 
 
 def _more_steps(state: PruneState) -> None:

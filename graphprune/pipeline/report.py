@@ -88,6 +88,8 @@ def build_report(state: PruneState) -> dict:
             "notes": ctx.notes}
     if state.compensation is not None:
         report["compensation"] = state.compensation
+    if state.correction is not None:
+        report["correction"] = state.correction
     if state.blocks:
         report["blocks"] = [{"add": b.add, "kind": b.kind, "score": round(b.score, 6),
                              "dropped": b.dropped} for b in state.blocks]

@@ -32,7 +32,7 @@ from ..transforms.select import (Target, apply_protect, group_ratios, params_mea
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
 from .plans import fingerprint, plan_from
-from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode
+from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode, reconstructing
 from .state import PruneState, Source
 
 
@@ -337,7 +337,8 @@ def measuring_statistics(state: PruneState) -> bool:
 def compensating(state: PruneState) -> bool:
     ctx = state.calib_ctx
     return (compensation_mode(state.options) is not None and ctx is not None and bool(ctx.stats)
-            and bool(state.plan.keep))
+            and bool(state.plan.keep) and not (reconstructing(state.options)
+                                               and ctx.calibration is not None))
 
 
 def needs_weights_in_memory(opts) -> bool:

@@ -64,6 +64,8 @@ class PruneState:
     scores: dict | None = None
     plan: Plan | None = None
     compensation: dict | None = None
+    correction: dict | None = None  # the statistics correction's summary (a pass of its own)
+    original_model: onnx.ModelProto | None = None  # before compensation, for the correction
     counts: dict | None = None
     shapes_after: dict | None = None
     after: dict | None = None

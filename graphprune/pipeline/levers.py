@@ -1,0 +1,67 @@
+"""The stages of the accuracy levers: sequential reconstruction, statistics correction and
+sensitivity-based allocation (declared in `graphprune.pipeline.pipeline.PIPELINE`; what is on
+by default is decided in `graphprune.pipeline.options`)."""
+from __future__ import annotations
+
+import onnx
+
+from ..transforms.allocate import MAX_REMOVE, allocate, planned_biases
+from ..transforms.correct import correct as correct_plan
+from ..transforms.reconstruct import reconstruct as reconstruct_plan
+from . import stages as s
+from .options import allocating, compensation_mode, correction_mode, reconstructing
+from .state import PruneState
+
+
+def select(state: PruneState) -> None:
+    """Widths from measured sensitivity for --target-params (`transforms.allocate`), else the
+    selection of `stages.select`."""
+    if not allocating(state.options):
+        s.select(state)
+        return
+    opts, dg, ctx = state.options, state.graph, state.calib_ctx
+    with_data = ctx is not None and ctx.calibration is not None
+    added = planned_biases(dg, ctx, compensation_mode(opts) if ctx and ctx.stats else None,
+                           reconstructing(opts) and with_data,
+                           bool(correction_mode(opts)) and with_data)
+    target = s.budget(state, "params", opts.target_params, s.model_params(state))
+    cap = MAX_REMOVE if opts.max_ratio is None else min(MAX_REMOVE, opts.max_ratio)
+    state.plan = allocate(dg, state.scores, ctx, target, round_to=opts.round_to,
+                          min_keep=opts.min_keep, added=added, max_remove=cap)
+
+
+def reconstruct(state: PruneState) -> None:
+    """Refit the consumers in graph order on the partly pruned model's activations (instead of
+    the one-shot compensation), with the statistics correction interleaved when it is on."""
+    state.compensation = reconstruct_plan(state.view, state.graph, state.plan, state.calib_ctx,
+                                          correct=correction_mode(state.options))
+
+
+def snapshot(state: PruneState) -> None:
+    """The model before compensation: what the statistics correction matches."""
+    state.original_model = onnx.ModelProto()
+    state.original_model.CopyFrom(state.source.work)
+
+
+def correct(state: PruneState) -> None:
+    """Per-channel mean/variance of every changed layer matched to the original's."""
+    state.correction = correct_plan(state.view, state.graph, state.plan, state.original_model,
+                                    state.calibration.feeds, state.runner,
+                                    correction_mode(state.options))
+    state.original_model = None
+
+
+# ------------------------------------------------------------------------------ conditions
+def _has_samples(state: PruneState) -> bool:
+    ctx = state.calib_ctx
+    return ctx is not None and ctx.calibration is not None and bool(state.plan.keep)
+
+
+def reconstructing_now(state: PruneState) -> bool:
+    return reconstructing(state.options) and _has_samples(state)
+
+
+def correcting_alone(state: PruneState) -> bool:
+    """Correction as its own pass (after compensation, when there is no reconstruction)."""
+    return (bool(correction_mode(state.options)) and not reconstructing(state.options)
+            and _has_samples(state))
