@@ -39,7 +39,7 @@ def _stats(model, names, feeds):
 
 @pytest.mark.parametrize("opts", [{"criterion": "magnitude", "correct": "meanvar"},
                                   {"criterion": "obspa", "correct": True, "reconstruct": False},
-                                  {"criterion": "obspa"}])  # the default: inside the walk
+                                  {"criterion": "obspa", "correct": "meanvar"}])  # in the walk
 def test_correction_restores_channel_statistics(opts):
     """On the calibration samples, every corrected layer's kept output channels have the
     original mean and standard deviation (where the scale was not clipped)."""

@@ -153,8 +153,12 @@ def test_end_to_end_resnet_tiny(crit, tmp_path):
     assert r["fidelity"] is not None and r["fidelity"]["value"] > 0.5
     assert r["calibration"]["calibrated"] and r["calibration"]["samples"] == 8
     assert r["calibration"]["consumers"] > 0 and not r["calibration"]["notes"]
-    if crit in ("flap", "obspa"):
-        assert r["compensation"]["mode"] == crit and r["compensation"]["layers"]
+    # with calibration data every data-aware criterion reconstructs by default
+    assert r["compensation"]["mode"] == "reconstruct" and r["compensation"]["layers"]
+    if crit in ("flap", "obspa"):  # one-shot compensation, as before, when asked for
+        one = graphprune.prune(str(RESNET), ratio=0.3, criterion=crit, calib=str(npz),
+                               reconstruct=False, validate=False)
+        assert one.report["compensation"]["mode"] == crit and one.report["compensation"]["layers"]
 
 
 def test_obspa_data_free_and_uncalibrated_fallbacks():

@@ -200,9 +200,9 @@ def test_cli_levers(tmp_path):
 
 
 @pytest.mark.parametrize("opts,mode,corrected", [
-    ({"criterion": "obspa", "calib": 4}, "reconstruct", True),  # data: the full pipeline
-    ({"criterion": "flap", "calib": 4}, "reconstruct", True),
-    ({"criterion": "obspa", "calib": 4, "correct": "none"}, "reconstruct", False),
+    ({"criterion": "obspa", "calib": 4}, "reconstruct", False),  # data: reconstruction
+    ({"criterion": "flap", "calib": 4}, "reconstruct", False),
+    ({"criterion": "obspa", "calib": 4, "correct": "meanvar"}, "reconstruct", True),
     ({"criterion": "obspa", "calib": 4, "reconstruct": False}, "obspa", False),
     ({"criterion": "obspa", "calib": 4, "compensate": "flap"}, "flap", False),
     ({"criterion": "obspa", "calib": 4, "compensate": "none"}, None, False),

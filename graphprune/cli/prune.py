@@ -113,7 +113,7 @@ PRUNE_OPTIONS = [
                  default="auto", show_default=True,
                  help="Match every changed layer's per-channel output mean (and variance) to "
                       "the original's on the calibration data, folded into its weights and "
-                      "bias (auto: meanvar together with --reconstruct, else none)."),
+                      "bias; interleaved with the reconstruction when both run (auto: none)."),
     click.option("--allocate/--no-allocate", default=None,
                  help="With --target-params: widths per group from measured sensitivity (OBS "
                       "error curves, calibrated or data-free) instead of uniform. Default: on "
