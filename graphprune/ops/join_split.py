@@ -201,10 +201,13 @@ class Gather(ShapeOnly):
     def rewrite(self, ctx):
         data, idx, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
         axis = _axis(ctx, data)
-        keep_in, keep_out = ctx.keep(data, axis), ctx.keep(y, axis)
-        if keep_in is None and keep_out is None:
-            return
+        # output axis `axis` is the gathered one only for a 1-D index (a scalar index drops it,
+        # so output axis `axis` is then data axis `axis + 1`; k-D indices were blocked)
+        keep_in = ctx.keep(data, axis)
+        keep_out = ctx.keep(y, axis) if ctx.rank(idx) == 1 else None
         vals = ctx.const(idx)
+        if (keep_in is None and keep_out is None) or vals is None:
+            return
         n = ctx.old_dim(data, axis)
         v = np.where(vals < 0, vals + n, vals).astype(np.int64)
         if keep_out is not None:

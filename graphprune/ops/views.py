@@ -51,6 +51,21 @@ class Squeeze(ShapeOnly):
             ctx.couple(x, a, y, j)
             j += 1
 
+    def rewrite(self, ctx):
+        """Without listed axes every size-1 axis is squeezed at run time, so a pruned axis
+        that shrank to 1 would vanish too: the axes squeezed before pruning are written out."""
+        x = ctx.inputs[0]
+        r = ctx.rank(x)
+        if _listed_axes(ctx, r) is not None or (len(ctx.inputs) > 1 and ctx.inputs[1]):
+            return
+        if not any(ctx.keep(x, a) is not None for a in range(r)):
+            return
+        axes = [a for a in range(r) if ctx.old_dim(x, a) == 1]
+        if ctx.opset() < 13:
+            ctx.set_attr("axes", axes)
+        else:
+            ctx.add_input(np.array(axes, dtype=np.int64), "axes")
+
 
 @rule("Unsqueeze")
 class Unsqueeze(ShapeOnly):
