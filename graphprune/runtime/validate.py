@@ -11,6 +11,7 @@ checker on the path, ONNX Runtime from the path, before the files are renamed in
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..errors import UserError, ValidationError
@@ -139,10 +140,23 @@ def _compare(out: dict, ref: Reference) -> dict:
         raise ValidationError(f"output names changed: {list(want)} -> {list(out)}")
     for name in want:
         a, b = want[name], out[name]
-        if a.dtype != b.dtype or a.shape != b.shape:
-            raise ValidationError(
-                f"output '{name}' changed from {a.dtype}{list(a.shape)} to {b.dtype}{list(b.shape)}")
+        if _signature(a) != _signature(b):
+            raise ValidationError(f"output '{name}' changed from {_signature(a)} to "
+                                  f"{_signature(b)}")
     return cosine_fidelity(want, out)
+
+
+def _signature(value) -> str:
+    """dtype and shape of a tensor output; for a sequence (ZipMap's list of maps, a sequence
+    of tensors) its length and the signature of its first element."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}{list(value.shape)}"
+    if isinstance(value, dict):
+        return f"map[{len(value)}]"
+    if isinstance(value, (list, tuple)):
+        first = _signature(value[0]) if len(value) else ""
+        return f"sequence[{len(value)}]({first})"
+    return type(value).__name__
 
 
 def _run_pruned(pruned, feeds: dict, low_memory: bool, provider: str = DEFAULT_PROVIDER) -> dict:
