@@ -1493,13 +1493,19 @@ def _macs_yolo(exporter: str):
     m = _yolo_module()
     _rankable(m, gen)
     x = torch.randn(1, 3, 320, 320, generator=gen)
-    if exporter == "legacy":
+    if exporter == "dynamic":  # what `dynamic=True` exports: batch, height and width symbolic
+        axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch"}}
+        model = _export_legacy(m, [x], ["images"], ["output0"], axes)
+    elif exporter == "legacy":
         model = _export_legacy(m, [x], ["images"], ["output0"])
     else:
         model = _export_dynamo(m, [x], ["images"], ["output0"])
     return model, {"images": _np(x)}
 
 
+fixture("macs_yolo_dynamic", needs=("torch",),
+        doc="the YOLOv5-shaped detector exported with symbolic batch, height and width "
+            "(legacy exporter)")(lambda: _macs_yolo("dynamic"))
 for _exp in ("legacy", "dynamo"):
     fixture(f"macs_yolo_{_exp}", needs=("torch",),
             doc=f"YOLOv5-shaped detector, static 1x3x320x320 input, {_exp} exporter; "

@@ -72,7 +72,11 @@ PRUNE_OPTIONS = [
                                     "scoring and selecting."),
     click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
                  help="Static dims for symbolic input dims (shape inference, MACs, random "
-                      "validation inputs, benchmarks), e.g. input:1x3x224x224."),
+                      "validation inputs, benchmarks), e.g. input:1x3x224x224 (default: "
+                      "the --calib data's shapes, sizes the weights fix, guesses)."),
+    click.option("--input-values", default=None, metavar="NAME=VALUE,...",
+                 help="Values of inputs that need real ones (a sample rate: sr=16000), "
+                      "broadcast to the input's shape, for every ONNX Runtime run."),
     click.option("--provider", default="CPUExecutionProvider", show_default=True,
                  help="ONNX Runtime execution provider for calibration, validation and "
                       "benchmark (cpu, cuda, tensorrt, openvino, coreml or a full name)."),
@@ -184,7 +188,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
               progress=None, quiet: bool = True, *, ratio, criterion, dims, drop_blocks,
               global_rank, target_params, target_macs, ratio_for, max_ratio, round_to,
               min_keep, protect, protect_op, allow_unmatched, steps, plan, input_shapes,
-              provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
+              input_values, provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
               seq_len, preprocess, labels, compensate, benchmark, threads, repeats, max_drop,
               min_speedup) -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
@@ -205,6 +209,8 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 ratio_for=list(ratio_for), max_ratio=max_ratio, protect_op=list(protect_op),
                 allow_unmatched=allow_unmatched, steps=steps,
                 plan=str(plan) if plan else None, input_shapes=input_shapes,
+                input_values=input_values,
+                feeds=str(calib) if calib is not None and calib.is_file() else None,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, in_memory=measure, defer_validation=not measure,

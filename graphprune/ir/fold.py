@@ -279,3 +279,36 @@ def merge_probed(shapes: dict, probed: dict) -> dict:
         else:
             merged[name] = tuple(c if isinstance(c, int) else p for c, p in zip(cur, ps))
     return merged
+
+
+def view_at(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
+            fallback: GraphView | None = None) -> GraphView:
+    """A view of `model` whose shapes are those at concrete input sizes: shape inference and
+    folding on a weightless copy whose graph inputs have `input_shapes`. Sizes still unknown
+    there are taken from `fallback` where it knows them statically."""
+    scratch = inference_copy(model)
+    for vi in scratch.graph.input:
+        sizes = input_shapes.get(vi.name)
+        if sizes is None or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(sizes):
+            continue
+        for d, n in zip(dims, sizes):
+            d.Clear()
+            d.dim_value = int(n)
+    shapes = infer_shapes(scratch)
+    view = GraphView(model, shapes)
+    view.folded = fold_static_values(view)
+    if view.folded:
+        view.set_shapes(refine_shapes(scratch, shapes, view.folded))
+    if fallback is not None:
+        merged = dict(view.shapes)
+        for name, fs in fallback.shapes.items():
+            cur = merged.get(name)
+            if cur is None or len(cur) != len(fs):
+                merged[name] = fs
+            else:
+                merged[name] = tuple(c if isinstance(c, int) else f for c, f in zip(cur, fs))
+        view.set_shapes(merged)
+    return view

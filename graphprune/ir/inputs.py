@@ -4,8 +4,8 @@ Everything that runs a model (validation, calibration, fidelity, benchmarks, lan
 checks) needs inputs of the right names, dtypes and shapes. They are read from the ModelProto's
 graph inputs (initializers excluded), so no ONNX Runtime session is needed to make them:
 
-- `random_feeds`: seeded random arrays; symbolic dims get `batch` (axis 0) or `dynamic`;
-  integer inputs get small non-negative values (safe as indices);
+- `random_feeds`: seeded random arrays; symbolic dims get `batch` (axis 0) or `dynamic`, equal
+  dim names one size; integer inputs get small non-negative values (safe as indices);
 - `text_feeds`: token windows for a language model, other text inputs filled by name
   (``attention_mask`` ones, ``position_ids`` 0..seq-1, ``token_type_ids`` zeros).
 """
@@ -62,13 +62,29 @@ def concrete_shape(spec: InputSpec, batch: int = 1, dynamic: int = 1) -> list[in
             for k, d in enumerate(spec.shape)]
 
 
+def concrete_shapes(specs: list[InputSpec], batch: int = 1, dynamic: int = 1
+                    ) -> dict[str, list[int]]:
+    """`concrete_shape` of every spec, with equal dim names sized alike (the `batch` of
+    `x[0]` and of `h0[1]` get the size of their first occurrence)."""
+    by_name: dict[str, int] = {}
+    out = {}
+    for s in specs:
+        shape = concrete_shape(s, batch, dynamic)
+        for k, d in enumerate(s.shape):
+            if isinstance(d, str):
+                shape[k] = by_name.setdefault(d, shape[k])
+        out[s.name] = shape
+    return out
+
+
 def random_feeds(specs: list[InputSpec], seed: int = 0, dynamic: int = 1,
                  batch: int = 1) -> dict[str, np.ndarray]:
     """Seeded random feeds for `specs` (see the module docstring)."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    shapes = concrete_shapes(specs, batch, dynamic)
     for s in specs:
-        shape = concrete_shape(s, batch, dynamic)
+        shape = shapes[s.name]
         if s.dtype == np.bool_:
             feeds[s.name] = rng.random(shape) > 0.5
         elif s.is_int:
@@ -118,15 +134,26 @@ def text_feeds(specs: list[InputSpec], windows: np.ndarray) -> dict[str, np.ndar
     return feeds
 
 
+def sample_inputs(specs: list[InputSpec]) -> set[str]:
+    """The inputs whose axis 0 carries samples: those with a symbolic leading dim when there
+    are any (a recurrent state [layers, batch, hidden] or a scalar is passed whole), else every
+    input of rank ≥ 1 (a static batch)."""
+    sym = {s.name for s in specs if s.shape and not (isinstance(s.shape[0], int) and s.shape[0] > 0)}
+    return sym or {s.name for s in specs if s.shape}
+
+
 def feed_batches(specs: list[InputSpec], feeds: dict[str, np.ndarray],
                  chunk: int = 64) -> list[dict[str, np.ndarray]]:
     """Arrays with samples on axis 0 cut into the batches the model takes: chunks of its static
-    batch size (a remainder that does not fill one is dropped), else of up to `chunk`."""
+    batch size (a remainder that does not fill one is dropped), else of up to `chunk`. Inputs
+    without a samples axis (see `sample_inputs`) go whole into every batch."""
     static = static_batch(specs)
-    n = len(next(iter(feeds.values())))
+    sampled = sample_inputs(specs) & set(feeds)
+    n = min((len(feeds[k]) for k in sampled), default=1)
     step = static or chunk
     end = n - (n % static if static else 0)
-    out = [{k: v[s:s + step] for k, v in feeds.items()} for s in range(0, end, step)]
+    out = [{k: v[s:s + step] if k in sampled else v for k, v in feeds.items()}
+           for s in range(0, end, step)]
     if not out:
         raise UserError(f"calibration data has {n} samples; the model needs batches of {static}")
     return out

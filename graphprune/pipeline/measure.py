@@ -6,28 +6,26 @@ from pathlib import Path
 
 import onnx
 
-from ..analysis.cost import count_macs, count_params
+from ..analysis.cost import count_params
 from ..calibration.checks import check_feeds
-from ..calibration.data import Calibration, load_calibration, load_npz
-from ..ir.inputs import fix_input_shapes, parse_input_shapes
+from ..calibration.data import Calibration, load_calibration, npz_batches
+from ..ir.input_sizes import plan_inputs
+from ..ir.inputs import parse_input_shapes
 from ..ir.load import open_model
 from ..runtime import bench
 from ..runtime.fidelity import fidelity
 from .options import check_gate_limits
-from .stages import model_view
+from .stages import macs_at, model_view
 
 
-def model_cost(model: onnx.ModelProto, input_shapes=None) -> dict:
-    """Params and MACs as the pruning report counts them (symbolic sizes count as 1, unless
-    `input_shapes` fixes them)."""
-    shapes = parse_input_shapes(input_shapes)
-    if shapes:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        fix_input_shapes(copy, shapes)
-        model = copy
-    view = model_view(model)
-    return {"params": count_params(view), "macs": count_macs(view)}
+def model_cost(model: onnx.ModelProto, input_shapes=None, inputs=None) -> dict:
+    """Params and MACs as the pruning report counts them (MACs at the input sizes `inputs`
+    plans, by default planned from the graph with `input_shapes`: see graphprune.ir.
+    input_sizes)."""
+    plan = inputs if inputs is not None else plan_inputs(
+        model, shapes=parse_input_shapes(input_shapes))
+    view = model_view(model, plan)
+    return {"params": count_params(view), "macs": macs_at(model, plan, view)}
 
 
 def cost_with(input_shapes):
@@ -83,7 +81,7 @@ def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
     proto = _proto(original)
     shapes = parse_input_shapes(input_shapes)
     if calib_path:
-        calib, calib_name = load_npz(calib_path, proto), Path(calib_path).name
+        calib, calib_name = npz_batches(calib_path, proto), Path(calib_path).name
     elif calib is not None:
         calib = check_feeds(proto, calib, "calibration arrays: ")
         calib_name = calib_name or "arrays"

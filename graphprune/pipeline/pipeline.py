@@ -38,7 +38,7 @@ class Stage:
 
 
 PIPELINE: tuple[Stage, ...] = (
-    Stage("read", s.read, ensures=("source",), phase="load"),
+    Stage("read", s.read, ensures=("source", "inputs"), phase="load"),
     Stage("reference", s.reference, ("source",), ("reference",), s.validating, "validate"),
     Stage("prepare", s.prepare, ("source",), ("view", "before", "copies"), phase="load"),
     Stage("calibration", s.load_calibration, ("source",), ("calibration",), s.calibrating,
@@ -172,7 +172,8 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
 
     Options: see `PruneOptions` (global_rank, round_to, min_keep, protect, seed, validate,
     dims, drop_blocks, calib, labels, compensate, calib_text, tokenizer, seq_len,
-    target_params). The input model object is never modified.
+    target_params, input_shapes, input_values, feeds). The input model object is never
+    modified.
 
     Weights a model file keeps in external data are read one tensor at a time and never all
     held in memory; such a model is validated when the result is saved (see `PruneResult`).
@@ -213,10 +214,11 @@ def apply(model, plan, criterion=None, **options) -> PruneResult:
     return prune(model, criterion=criterion, plan=plan, **options)
 
 
-def analyze_model(model, progress=None, dims=KINDS, input_shapes=None):
+def analyze_model(model, progress=None, dims=KINDS, input_shapes=None, **inputs):
     """Dependency groups of a model (path or ModelProto), without changing it. Returns the
-    view the analysis ran on and the dependency graph."""
-    opts = PruneOptions(validate=False, input_shapes=input_shapes)
+    view the analysis ran on and the dependency graph. `inputs`: `input_values` and `feeds`
+    as `prune` takes them (for the runs that observe shapes)."""
+    opts = PruneOptions(validate=False, input_shapes=input_shapes, **inputs)
     opts.check()
     state = PruneState(model, opts, TapRunner())
     run_stages(state, PIPELINE[:1])
@@ -224,7 +226,7 @@ def analyze_model(model, progress=None, dims=KINDS, input_shapes=None):
     try:
         work = state.source.work
         untie_shared_constants(work)
-        view = s.model_view(work)
+        view = s.model_view(work, state.inputs)
         return view, analyze_graph(view, progress=progress, dims=dims)
     finally:
         WEIGHTS.reset(token)

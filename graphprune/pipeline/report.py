@@ -63,7 +63,9 @@ def build_report(state: PruneState) -> dict:
         "model": model_info(src.work),
         "ops": {"before": state.before.get("ops", {}), "after": state.after.get("ops", {})},
         "params": {"before": state.before["params"], "after": state.after["params"]},
-        "macs": {"before": state.before["macs"], "after": state.after["macs"]},
+        "macs": {"before": state.before["macs"], "after": state.after["macs"],
+                 "input_shapes": state.inputs.cost_shapes(),
+                 "assumed": list(state.inputs.assumed)},
         "file_bytes": {"before": src.in_bytes, "after": approx_bytes(src.work)},
         "summary": {
             "groups": len(groups),

@@ -10,14 +10,15 @@ import onnx
 
 from ..analysis.build import analyze as analyze_graph
 from ..analysis.cost import MacsModel, count_macs, count_params, unit_param_costs
-from ..calibration.data import load_calibration as load_samples
+from ..calibration.data import load_calibration as load_samples, reference_feeds
 from ..calibration.stats import build_context
 from ..calibration.text import text_calibration
 from ..criteria import CRITERIA
 from ..criteria.custom import from_callable
 from ..errors import UserError, ValidationError
 from ..ir import GraphView
-from ..ir.fold import static_view
+from ..ir.fold import static_view, view_at
+from ..ir.input_sizes import InputPlan, plan_inputs
 from ..ir.inputs import fix_input_shapes, restore_input_shapes
 from ..ir.load import check_tensor_storage, open_model
 from ..ir.sanity import check_graph_sanity
@@ -36,10 +37,23 @@ from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode
 from .state import PruneState, Source
 
 
-def model_view(model: onnx.ModelProto) -> GraphView:
+def model_view(model: onnx.ModelProto, inputs: InputPlan | None = None) -> GraphView:
     """The model's view with every size that can be known: shape inference, folded shape
-    computations, and sizes observed in ONNX Runtime where inference lost them."""
-    return static_view(model, infer_shapes(model), probe=probe_shapes)
+    computations, and sizes observed in ONNX Runtime where inference lost them (run at sizes
+    and values `inputs` plans, by default planned from the graph)."""
+    plan = inputs if inputs is not None else plan_inputs(model)
+    return static_view(model, infer_shapes(model),
+                       probe=lambda m, shapes: probe_shapes(m, shapes, plan))
+
+
+def input_plan(model: onnx.ModelProto, opts) -> InputPlan:
+    """Sizes and values of the graph inputs: --input-shapes, --input-values, the given data
+    (`feeds`, else the --calib arrays), sizes the graph fixes, guesses (graphprune.ir.
+    input_sizes)."""
+    data = opts.feeds if opts.feeds is not None else opts.calib
+    samples = reference_feeds(data, model) if data is not None else None
+    return plan_inputs(model, shapes=opts.input_shapes, values=opts.input_values,
+                       samples=samples)
 
 
 # ------------------------------------------------------------------------------ stages
@@ -56,6 +70,7 @@ def read(state: PruneState) -> None:
         check_graph_sanity(work)
         state.source = Source(work, model, None, approx_bytes(model), None)
         _fix_inputs(state)
+        state.inputs = input_plan(work, state.options)
         return
     path = Path(model)
     work, store, files = open_model(path)
@@ -68,6 +83,7 @@ def read(state: PruneState) -> None:
         store = None
     state.source = Source(work, str(path), str(path), size, store, list(files))
     _fix_inputs(state)
+    state.inputs = input_plan(work, state.options)
 
 
 def _fix_inputs(state: PruneState) -> None:
@@ -83,7 +99,8 @@ def reference(state: PruneState) -> None:
     original's session is gone before anything else takes memory."""
     src, opts = state.source, state.options
     pending = runtime_validate.start_reference(src.original, seed=opts.seed, low_memory=src.lazy,
-                                               shapes=opts.input_shapes, provider=opts.provider)
+                                               plan=state.inputs, shapes=opts.input_shapes,
+                                               provider=opts.provider)
     state.reference = pending.result() if src.lazy else pending
 
 
@@ -95,8 +112,9 @@ def prepare(state: PruneState) -> None:
     if state.options.plan is not None:  # compared with the plan's (else computed when asked)
         state.fingerprint = fingerprint(work)
     state.copies = untie_shared_constants(work, view)
-    state.view = model_view(work)
-    state.before = {"params": params, "macs": count_macs(state.view), "ops": op_counts(work)}
+    state.view = model_view(work, state.inputs)
+    state.before = {"params": params, "macs": macs_at(work, state.inputs, state.view),
+                    "ops": op_counts(work)}
 
 
 def input_fingerprint(state: PruneState) -> str:
@@ -134,7 +152,7 @@ def drop_blocks(state: PruneState) -> None:
             raise UserError(f"the plan drops residual block(s) {sorted(missing)}, which this "
                             "model does not have")
         depth.drop_blocks(work, [b for b in blocks if b.add in names], len(names))
-        state.view = model_view(work)
+        state.view = model_view(work, state.inputs)
         state.blocks = blocks
         return
     if opts.drop_blocks > len(blocks):
@@ -145,7 +163,7 @@ def drop_blocks(state: PruneState) -> None:
              else depth.calibration_feeds(work, state.view, seed=opts.seed))
     depth.score_blocks(work, blocks, feeds, state.runner)
     depth.drop_blocks(work, blocks, opts.drop_blocks)
-    state.view = model_view(work)
+    state.view = model_view(work, state.inputs)
     state.blocks = blocks
 
 
@@ -203,9 +221,10 @@ def target(state: PruneState) -> Target:
         t.budget = budget(state, "params", opts.target_params, model_params(state))
         t.costs = lambda g: unit_param_costs(dg, g)
         t.measure = params_measure(dg, t.costs)
-    elif opts.target_macs is not None:
-        model = MacsModel(dg)
-        t.budget = budget(state, "macs", opts.target_macs, count_macs(state.view))
+    elif opts.target_macs is not None:  # at the sizes the report counts MACs at
+        model = MacsModel(dg, view_at(state.source.work, state.inputs.cost_shapes(),
+                                      fallback=state.view))
+        t.budget = budget(state, "macs", opts.target_macs, model.total)
         t.costs, t.measure, t.refine = model.unit_costs, model.removed, True
     return t
 
@@ -238,9 +257,16 @@ def rewrite(state: PruneState) -> None:
 
 
 def cost_after(state: PruneState) -> None:
-    view = GraphView(state.source.work, state.shapes_after)
-    state.after = {"params": count_params(view), "macs": count_macs(view),
-                   "ops": op_counts(state.source.work)}
+    work = state.source.work
+    view = GraphView(work, state.shapes_after)
+    state.after = {"params": count_params(view), "macs": macs_at(work, state.inputs, view),
+                   "ops": op_counts(work)}
+
+
+def macs_at(model: onnx.ModelProto, plan: InputPlan, known: GraphView) -> int:
+    """MACs at the plan's concrete input sizes (one sample; see `InputPlan.cost_shapes`), with
+    the sizes `known` has where inference at those sizes finds none."""
+    return count_macs(view_at(model, plan.cost_shapes(), fallback=known))
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -271,7 +297,7 @@ def reprepare(state: PruneState) -> None:
     if state.options.input_shapes:
         state.input_types = fix_input_shapes(work, state.options.input_shapes)
     state.copies = untie_shared_constants(work)
-    state.view = model_view(work)
+    state.view = model_view(work, state.inputs)
 
 
 def origin_sizes(dg, first) -> dict[int, int]:

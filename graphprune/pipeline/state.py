@@ -11,6 +11,7 @@ from ..analysis.graph import DependencyGraph
 from ..calibration.data import Calibration
 from ..calibration.stats import CalibContext, Runner
 from ..ir import GraphView
+from ..ir.input_sizes import InputPlan
 from ..ir.storage import WeightStore
 from ..transforms.select import Plan
 from .options import PruneOptions
@@ -53,6 +54,7 @@ class PruneState:
     defer_validation: bool = False  # validate when the result is written, from its files
     progress: Callable[[str], None] | None = None
     source: Source | None = None
+    inputs: InputPlan | None = None  # sizes and values of the graph inputs for every run
     reference: object = None  # the original's outputs on the validation inputs (a Reference)
     copies: dict | None = None  # untied constant copy -> original
     view: GraphView | None = None

@@ -171,7 +171,8 @@ def fork(state: PruneState, ratio: float) -> PruneState:
     return PruneState(state.input, opts, state.runner, in_memory=state.in_memory,
                       source=Source(work, src.original, src.path, src.in_bytes, src.store,
                                     src.files),
-                      reference=state.reference, copies=dict(state.copies), view=view,
+                      inputs=state.inputs, reference=state.reference,
+                      copies=dict(state.copies), view=view,
                       before=state.before, calibration=state.calibration, blocks=state.blocks,
                       graph=dg, calib_ctx=ctx, scores=state.scores, timings=dict(state.timings))
 

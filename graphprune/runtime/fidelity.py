@@ -21,7 +21,8 @@ import logging
 import numpy as np
 import onnx
 
-from ..ir.inputs import feed_batches, input_specs, random_feeds, static_batch, with_shapes
+from ..ir.inputs import (feed_batches, input_specs, random_feeds, sample_inputs, static_batch,
+                         with_shapes)
 from .session import DEFAULT_PROVIDER, run, session
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,14 @@ CHUNK = 64
 
 def batches(model: onnx.ModelProto, calib: dict | None, samples: int = RANDOM_SAMPLES,
             seed: int = 0, shapes: dict | None = None) -> list[dict]:
-    """Feeds to run: calibration arrays cut to the model's batch, or `samples` random samples.
+    """Feeds to run: calibration arrays cut to the model's batch (a list of feeds is used as
+    it is), or `samples` random samples.
 
     A model with a static batch of b gets chunks of b samples; a symbolic batch gets chunks of
     up to CHUNK samples.
     """
+    if isinstance(calib, list):
+        return calib
     specs = with_shapes(input_specs(model), shapes)
     static = static_batch(specs)
     if calib is None:
@@ -146,7 +150,8 @@ def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_
     feeds = batches(original, calib, samples, seed, shapes)
     ref, out = run_all(osess, feeds), run_all(psess, feeds)
     res = compare_outputs(ref, out, use_top1=calib is not None)
-    n = sum(len(next(iter(f.values()))) if f else 1 for f in feeds)
+    sampled = sample_inputs(input_specs(original))
+    n = sum(min((len(v) for k, v in f.items() if k in sampled), default=1) for f in feeds)
     res["inputs"] = f"calib:{calib_name}" if calib is not None else "random"
     res["samples"] = int(n)
     return res

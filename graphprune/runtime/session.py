@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ..ir.inputs import InputSpec, random_feeds, with_shapes
+
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
@@ -94,27 +96,21 @@ def session(model: onnx.ModelProto | str | bytes, threads: int = 0,
     return ort.InferenceSession(src, sess_options=opts, providers=providers_for(provider))
 
 
+def session_specs(sess: ort.InferenceSession) -> list[InputSpec]:
+    """The inputs a session takes, as `graphprune.ir.inputs.InputSpec`s."""
+    return [InputSpec(i.name, _ORT_TYPES.get(i.type, np.float32),
+                      tuple(d if isinstance(d, (int, str)) else None for d in i.shape))
+            for i in sess.get_inputs()]
+
+
 def random_inputs(sess: ort.InferenceSession, seed: int = 0, dynamic: int = 1,
                   batch: int = 1, shapes: dict | None = None) -> dict[str, np.ndarray]:
     """Random feeds matching a session's inputs; symbolic dims get `batch` (axis 0) or
-    `dynamic` (other axes), inputs named in `shapes` get those dims. Integer inputs get small
-    non-negative values (safe as indices). The same values
+    `dynamic` (other axes), equal dim names one size, inputs named in `shapes` get those dims.
+    Integer inputs get small non-negative values (safe as indices). The same values
     `graphprune.ir.inputs.random_feeds` makes from the model's graph inputs."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else dynamic)
-                 for k, d in enumerate(i.shape)]
-        if shapes and i.name in shapes:
-            shape = [int(d) for d in shapes[i.name]]
-        dt = _ORT_TYPES.get(i.type, np.float32)
-        if dt == np.bool_:
-            feeds[i.name] = rng.random(shape) > 0.5
-        elif np.issubdtype(dt, np.integer):
-            feeds[i.name] = rng.integers(0, 2, size=shape).astype(dt)
-        else:
-            feeds[i.name] = rng.standard_normal(shape).astype(dt)
-    return feeds
+    return random_feeds(with_shapes(session_specs(sess), shapes), seed=seed, dynamic=dynamic,
+                        batch=batch)
 
 
 def run_options() -> ort.RunOptions:

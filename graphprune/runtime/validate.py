@@ -19,42 +19,60 @@ from ..ir.sanity import check_model, first_line
 from .fidelity import cosine_fidelity
 from ..ir.shapes import inference_copy
 from .isolate import Pending, start
-from .session import DEFAULT_PROVIDER, background_threads, random_inputs, run, session
+from ..ir.input_sizes import InputPlan, plan_inputs
+from ..ir.inputs import concrete_shapes, with_shapes
+from .session import DEFAULT_PROVIDER, background_threads, run, session, session_specs
 
 Reference = tuple[dict, dict]  # (feeds, outputs of the original)
 
 
-def _sizes(sess) -> tuple[int, ...]:
-    """Sizes to try, in order, for symbolic dims. Image-like inputs (float, rank >= 4, symbolic
-    spatial axis) start at 224: tiny images leave pooling windows empty, which crashes some ONNX
-    Runtime kernels (integer division by zero) instead of failing cleanly. Sequences start at 16."""
-    for i in sess.get_inputs():
-        if "float" in i.type and len(i.shape) >= 4 and \
-                any(not isinstance(d, int) or d <= 0 for d in i.shape[2:]):
-            return (224, 64, 16, 1)
-    return (16, 1, 224, 64)
+FALLBACK_SIZES = (64, 16, 1, 224)  # other sizes for the guessed dims when the plan's fail
+
+GIVE_INPUTS = ("give real inputs with --calib FILE.npz or --input-values NAME=VALUE, or sizes "
+               "with --input-shapes NAME:D1xD2...")
 
 
-def _feeds_for(original_sess, seed: int, shapes: dict | None = None):
-    """Random inputs the original model accepts (tries a few sizes for symbolic dims; inputs
-    named in `shapes` get those dims)."""
-    last = None
-    for dyn in _sizes(original_sess):
-        feeds = random_inputs(original_sess, seed=seed, dynamic=dyn, shapes=shapes)
+def _feeds_for(original_sess, seed: int, plan: InputPlan | None = None,
+               shapes: dict | None = None):
+    """Feeds the original model accepts and its outputs on them: the given data when there is
+    some (nothing else is tried), else the plan's sizes, then other sizes for the guessed dims
+    (inputs named in `shapes` get those dims)."""
+    specs = with_shapes(session_specs(original_sess), shapes)
+    if plan is None:
+        plan = InputPlan(shapes=concrete_shapes(specs, 1, 1),
+                         free={s.name: [a for a, d in enumerate(s.shape)
+                                        if not (isinstance(d, int) and d > 0)] for s in specs},
+                         names={s.name: [d if isinstance(d, str) else None for d in s.shape]
+                                for s in specs})
+    if plan.samples:
+        feeds = {**plan.feeds(specs, seed), **plan.samples}
+        try:
+            return feeds, run(original_sess, feeds)
+        except Exception as e:
+            raise UserError(f"the input model does not run in onnxruntime on the given inputs: "
+                            f"{first_line(e)}") from e
+    tries, last = [plan.shapes], None
+    for dyn in FALLBACK_SIZES:
+        sizes = plan.shapes_at(dynamic=dyn)
+        if sizes not in tries:
+            tries.append(sizes)
+    for sizes in tries:
+        feeds = plan.feeds(specs, seed, sizes)
         try:
             return feeds, run(original_sess, feeds)
         except Exception as e:  # the original rejects these sizes; try others
             last = e
-    raise UserError(f"the input model does not run in onnxruntime on random inputs: "
-                    f"{first_line(last)}")
+    raise UserError(f"the input model does not run in onnxruntime on random inputs "
+                    f"({GIVE_INPUTS}): {first_line(last)}")
 
 
 def start_reference(original: onnx.ModelProto | str, seed: int = 0,
-                    low_memory: bool = False, shapes: dict | None = None,
-                    provider: str = DEFAULT_PROVIDER) -> Pending:
+                    low_memory: bool = False, plan: InputPlan | None = None,
+                    shapes: dict | None = None, provider: str = DEFAULT_PROVIDER) -> Pending:
     """Start the original's reference run in a child process and return at once: the caller
-    goes on (analysis, scoring, rewrite) while ONNX Runtime loads and runs the original."""
-    return start(_reference, original, seed, low_memory, shapes, provider,
+    goes on (analysis, scoring, rewrite) while ONNX Runtime loads and runs the original.
+    `plan` gives the input sizes and values (default: planned from the model's graph)."""
+    return start(_reference, original, seed, low_memory, plan, shapes, provider,
                  fork=provider == DEFAULT_PROVIDER,
                  crash=lambda why: UserError(f"onnxruntime crashed ({why}) running the input "
                                              "model on random inputs; graphprune cannot "
@@ -62,16 +80,17 @@ def start_reference(original: onnx.ModelProto | str, seed: int = 0,
 
 
 def reference(original: onnx.ModelProto | str, seed: int = 0, low_memory: bool = False,
-              original_sess=None) -> Reference:
-    """Random feeds and the original model's outputs on them; `UserError` when ORT cannot
-    load or run the original (or crashes on it)."""
+              original_sess=None, plan: InputPlan | None = None, shapes: dict | None = None,
+              provider: str = DEFAULT_PROVIDER) -> Reference:
+    """Feeds (random, or the plan's data) and the original model's outputs on them;
+    `UserError` when ORT cannot load or run the original (or crashes on it)."""
     if original_sess is not None:
-        return _feeds_for(original_sess, seed)
-    return start_reference(original, seed, low_memory).result()
+        return _feeds_for(original_sess, seed, plan, shapes)
+    return start_reference(original, seed, low_memory, plan, shapes, provider).result()
 
 
-def _reference(original, seed: int, low_memory: bool, shapes: dict | None = None,
-               provider: str = DEFAULT_PROVIDER) -> Reference:
+def _reference(original, seed: int, low_memory: bool, plan: InputPlan | None,
+               shapes: dict | None = None, provider: str = DEFAULT_PROVIDER) -> Reference:
     try:
         # one core is left to the parent, which analyzes while this runs
         sess = session(original, low_memory=low_memory, threads=background_threads(),
@@ -80,7 +99,11 @@ def _reference(original, seed: int, low_memory: bool, shapes: dict | None = None
         raise UserError(f"onnxruntime cannot load the input model ({first_line(e, 300)}); every "
                         "pruned model is checked in onnxruntime, so graphprune prunes only "
                         "models it can run") from e
-    return _feeds_for(sess, seed, shapes)
+    if plan is None:
+        proto = original if isinstance(original, onnx.ModelProto) else onnx.load(
+            str(original), load_external_data=False)
+        plan = plan_inputs(proto, shapes=shapes)
+    return _feeds_for(sess, seed, plan, shapes)
 
 
 def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: int = 0,
