@@ -43,7 +43,7 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
                 val = np.array(view.const_value(mem.tensor))
             idx = [slice(None)] * val.ndim
             idx[mem.axis] = drop
-            val[tuple(idx)] = 0
+            val[tuple(idx)] = zero_of(view, mem.tensor, val)[tuple(idx)]
             edits[mem.tensor] = val
     for name, val in edits.items():
         c = view.consts[name]
@@ -57,6 +57,33 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
             del node.attribute[:]
             node.attribute.append(onnx.helper.make_attribute("value", tensor))
     return m
+
+
+def zero_of(view: GraphView, name: str, val: np.ndarray) -> np.ndarray:
+    """The stored values that mean 0 for a constant: 0, or for a quantized weight its zero
+    point (broadcast along the axis it is given for)."""
+    from graphprune.ir.dequant import _SLOTS, _expand
+    from graphprune.ir import attr
+
+    zero = np.zeros_like(val)
+    for node in view.consumers.get(name, []):
+        for k, i in enumerate(node.input):
+            slot = _SLOTS.get(node.op_type, {}).get(k)
+            if i != name or slot is None:
+                continue
+            ins = list(node.input) + [""] * 12
+            if not ins[slot[1]]:
+                return zero
+            zp = np.asarray(view.const_value(ins[slot[1]]))
+            axis = slot[2]
+            if axis is None:
+                axis = int(attr(node, "axis", 1))
+            elif axis == "gemm":
+                axis = 0 if int(attr(node, "transB", 0)) else 1
+            block = int(attr(node, "block_size", 0) or 0)
+            z = _expand(zp, val, axis % val.ndim, block)
+            return np.broadcast_to(z, val.shape).astype(val.dtype)
+    return zero
 
 
 def assert_equivalent(original: onnx.ModelProto, result, atol=1e-4, rtol=1e-4, seed=0):

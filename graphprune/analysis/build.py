@@ -15,6 +15,7 @@ from ..ir import GraphView, subgraph_outer_names
 from ..ops.registry import ROLE_IN, ROLE_OUT, lookup
 from .context import AnalyzeContext
 from .graph import DependencyGraph, DimNode, Policy
+from .roles import propagate_roles
 from .units import build_groups
 
 
@@ -87,8 +88,10 @@ def analyze(view: GraphView, progress=None, dims=KINDS) -> DependencyGraph:
         ctx.block_untouched()
         if progress:
             progress()
+    propagate_roles(dg)  # the merges below ask which axes carry weights
     for m in merges:
         _resolve_merge(dg, *m)
+    propagate_roles(dg)  # constants reached through a merge
     build_groups(dg)
     _assign_kinds(dg, dims)
     return dg

@@ -107,8 +107,15 @@ class AnalyzeContext:
             self.block(n, None, reason)
 
     def role(self, name: str, axis: int, role: str) -> None:
-        if name and self.view.is_const(name):
+        """The role of a constant's axis. A role stated on a tensor computed from constants
+        only (a dequantized, cast, reshaped or transposed weight) reaches the constants it is
+        computed from once the graph is built (`roles.propagate_roles`)."""
+        if not name:
+            return
+        if self.view.is_const(name):
             self.dg.roles[(name, axis)] = role
+        else:
+            self.dg.pending_roles.append(((name, axis), role))
 
     def virtual(self, suffix: str, size: int) -> str:
         """A virtual tensor (e.g. the `group` axis of a grouped conv) of shape [size]."""

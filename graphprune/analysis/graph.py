@@ -90,6 +90,7 @@ class DependencyGraph:
         self.edges: list[tuple[DimNode, DimNode, np.ndarray | None, np.ndarray | None]] = []
         self.blocked: dict[DimNode, str] = {}
         self.roles: dict[DimNode, str] = {}
+        self.pending_roles: list[tuple[DimNode, str]] = []  # roles stated on computed tensors
         self.groups: list[Group] = []
         self.group_of: dict[DimNode, int] = {}
         self.policy = Policy()

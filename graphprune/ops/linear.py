@@ -10,30 +10,72 @@ from .elementwise import couple_broadcast
 from .registry import ROLE_IN, ROLE_OUT, OpRule, rule
 
 
+def couple_gemm(ctx, a: str, b: str, c: str, y: str) -> None:
+    """Y = alpha·op(A)·op(B) + beta·C (Gemm, and the quantized QGemm)."""
+    ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+    a_m, a_k = (1, 0) if ta else (0, 1)
+    b_k, b_n = (1, 0) if tb else (0, 1)
+    ctx.couple(a, a_m, y, 0)
+    ctx.couple(a, a_k, b, b_k)
+    ctx.couple(b, b_n, y, 1)
+    ctx.role(b, b_k, ROLE_IN)
+    ctx.role(b, b_n, ROLE_OUT)
+    ctx.role(a, a_k, ROLE_IN)
+    if c:
+        couple_broadcast(ctx, [c], y)
+
+
+def gemm_macs(ctx, a: str) -> int:
+    shape = ctx.shape(a)
+    k = shape[0] if int(ctx.attr("transA", 0)) else shape[1]
+    return int(ctx.numel(ctx.node.output[0]) * k)
+
+
 @rule("Gemm")
 class Gemm(OpRule):
     """Y = alpha·op(A)·op(B) + beta·C with op = optional transpose; C broadcasts to [M, N]."""
 
     def analyze(self, ctx):
-        a, b = ctx.inputs[0], ctx.inputs[1]
         c = ctx.inputs[2] if len(ctx.inputs) > 2 else ""
-        y = ctx.outputs[0]
-        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
-        a_m, a_k = (1, 0) if ta else (0, 1)
-        b_k, b_n = (1, 0) if tb else (0, 1)
-        ctx.couple(a, a_m, y, 0)
-        ctx.couple(a, a_k, b, b_k)
-        ctx.couple(b, b_n, y, 1)
-        ctx.role(b, b_k, ROLE_IN)
-        ctx.role(b, b_n, ROLE_OUT)
-        ctx.role(a, a_k, ROLE_IN)
-        if c:
-            couple_broadcast(ctx, [c], y)
+        couple_gemm(ctx, ctx.inputs[0], ctx.inputs[1], c, ctx.outputs[0])
 
     def macs(self, ctx):
-        a = ctx.shape(ctx.node.input[0])
-        k = a[0] if int(ctx.attr("transA", 0)) else a[1]
-        return int(ctx.numel(ctx.node.output[0]) * k)
+        return gemm_macs(ctx, ctx.node.input[0])
+
+
+def couple_matmul(ctx, a: str, b: str, y: str) -> None:
+    """numpy.matmul semantics, including 1-D operands and broadcast batch axes (MatMul, and
+    the quantized MatMulInteger and QLinearMatMul)."""
+    ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+    a_k = ra - 1
+    b_k = 0 if rb == 1 else rb - 2
+    ctx.couple(a, a_k, b, b_k)
+    ctx.role(b, b_k, ROLE_IN)
+    ctx.role(a, a_k, ROLE_IN)
+    if rb >= 2:
+        ctx.couple(b, rb - 1, y, ry - 1)
+        ctx.role(b, rb - 1, ROLE_OUT)
+    if ra >= 2:
+        ya = ry - 2 if rb >= 2 else ry - 1
+        ctx.couple(a, ra - 2, y, ya)
+        ctx.role(a, ra - 2, ROLE_OUT)
+    # batch axes broadcast like elementwise ops
+    nb_y = ry - (1 if ra >= 2 else 0) - (1 if rb >= 2 else 0)
+    for name, r in ((a, ra), (b, rb)):
+        nb = max(r - 2, 0)
+        for k in range(nb):
+            ko = k + nb_y - nb
+            di, do = ctx.dim(name, k), ctx.dim(y, ko)
+            if di == 1 and do != 1:
+                continue
+            if di is not None and di == do:
+                ctx.couple(name, k, y, ko)
+            else:
+                ctx.block(name, k, "cannot tell whether this batch axis broadcasts")
+
+
+def matmul_macs(ctx, a: str) -> int:
+    return int(ctx.numel(ctx.node.output[0]) * ctx.shape(a)[-1])
 
 
 @rule("MatMul")
@@ -41,35 +83,7 @@ class MatMul(OpRule):
     """numpy.matmul semantics, including 1-D operands and broadcast batch axes."""
 
     def analyze(self, ctx):
-        a, b = ctx.inputs
-        y = ctx.outputs[0]
-        ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
-        a_k = ra - 1
-        b_k = 0 if rb == 1 else rb - 2
-        ctx.couple(a, a_k, b, b_k)
-        ctx.role(b, b_k, ROLE_IN)
-        ctx.role(a, a_k, ROLE_IN)
-        if rb >= 2:
-            ctx.couple(b, rb - 1, y, ry - 1)
-            ctx.role(b, rb - 1, ROLE_OUT)
-        if ra >= 2:
-            ya = ry - 2 if rb >= 2 else ry - 1
-            ctx.couple(a, ra - 2, y, ya)
-            ctx.role(a, ra - 2, ROLE_OUT)
-        # batch axes broadcast like elementwise ops
-        nb_y = ry - (1 if ra >= 2 else 0) - (1 if rb >= 2 else 0)
-        for name, r in ((a, ra), (b, rb)):
-            nb = max(r - 2, 0)
-            for k in range(nb):
-                ko = k + nb_y - nb
-                di, do = ctx.dim(name, k), ctx.dim(y, ko)
-                if di == 1 and do != 1:
-                    continue
-                if di is not None and di == do:
-                    ctx.couple(name, k, y, ko)
-                else:
-                    ctx.block(name, k, "cannot tell whether this batch axis broadcasts")
+        couple_matmul(ctx, ctx.inputs[0], ctx.inputs[1], ctx.outputs[0])
 
     def macs(self, ctx):
-        a = ctx.shape(ctx.node.input[0])
-        return int(ctx.numel(ctx.node.output[0]) * a[-1])
+        return matmul_macs(ctx, ctx.node.input[0])
