@@ -96,6 +96,18 @@ class RewriteContext:
     def set_input(self, idx: int, value: np.ndarray) -> None:
         self.rw.set_node_const(self.node, idx, value)
 
+    def gather_input(self, idx: int, axis: int, positions: np.ndarray) -> None:
+        """Read input `idx` through a Gather of `positions` along `axis`, inserted before the
+        node (an input whose size the pruning does not change, read by a node that now takes
+        fewer positions: a recurrent op's initial state fed from outside)."""
+        name = self.node.input[idx]
+        out = self.rw.fresh_name(f"{name}_kept")
+        indices = self.rw.fresh_name(f"{out}_indices")
+        self.rw.add_initializer(indices, np.asarray(positions, dtype=np.int64))
+        self.rw.inserts.append((self.node, helper.make_node("Gather", [name, indices], [out],
+                                                            name=out, axis=axis)))
+        self.node.input[idx] = out
+
     def add_input(self, value: np.ndarray, suffix: str) -> None:
         while len(self.node.input) < 1:
             self.node.input.append("")
