@@ -8,6 +8,7 @@ from onnx import numpy_helper
 from graphprune.runtime import session as ortb
 from graphprune.ops.registry import ROLE_IN
 from graphprune.ir import GraphView
+from graphprune.transforms.untie import untie_shared_constants
 
 
 def run(model: onnx.ModelProto, feeds: dict) -> dict:
@@ -26,6 +27,7 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
     """
     m = onnx.ModelProto()
     m.CopyFrom(original)
+    untie_shared_constants(m)  # the same per-reader copies the analysis names its members by
     view = GraphView(m)
     dg, plan = result.graph, result.plan
     edits: dict[str, np.ndarray] = {}

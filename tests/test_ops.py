@@ -1316,7 +1316,7 @@ def test_oracle_detects_permuted_filters():
 
 def test_every_registered_rule_is_covered():
     # the op tests kept in their own modules register their builders here too
-    import test_quantized, test_rank_changing, test_recurrent  # noqa: F401
+    import test_converters, test_quantized, test_rank_changing, test_recurrent  # noqa: F401
 
     ops: set[tuple[str, str]] = set()
     for fn, param_sets in BUILDERS:

@@ -138,7 +138,9 @@ class AnalyzeContext:
         """Axis `i` of `x` is split row-major into axes `jj` of `y` ([C] → [d0, ..., dk]).
 
         One output axis carries the units, the others are blocked (see `Policy.split`): with
-        "major" input position c is head c // (d1·...·dk), so a unit is a whole head; with
+        "major" a unit is a whole head: position c of the input is head (c // stride) % d of
+        the first part the graph does not block (a fused QKV's [3, H, D] picks H, since q, k
+        and v are taken apart along the 3), resolved once every rule ran; with
         "minor" c ↔ c % dk, so a unit is "position j of every block" (a channel shuffle's
         channel j of each group); with "block" the split is frozen.
         """
@@ -149,18 +151,17 @@ class AnalyzeContext:
                 self.block(y, j, why)
             self.block(x, i, why)
             return
+        if mode == "major":  # which part enumerates the heads is decided once all rules ran
+            self.dg.pending_splits.append((self.node, x, i, y, list(jj), what))
+            self.touched.add((x, i))
+            self.touched.update((y, j) for j in jj)
+            return
         n = self.static_dim(x, i)
         dims = [self.static_dim(y, j) for j in jj]
         c = np.arange(n)
-        if mode == "major":
-            chosen, src = jj[0], c // int(np.prod(dims[1:], dtype=np.int64))
-            self.dg.head_axes.add((y, chosen))
-        else:
-            chosen, src = jj[-1], c % dims[-1]
-        self.couple(x, i, y, chosen, (c, src))
-        for j in jj:
-            if j != chosen:
-                self.block(y, j, f"{what} splits an axis; only one of its parts is pruned")
+        self.couple(x, i, y, jj[-1], (c, c % dims[-1]))
+        for j in jj[:-1]:
+            self.block(y, j, f"{what} splits an axis; only one of its parts is pruned")
 
     def approximate_norm(self, x: str, approximate, exact) -> None:
         """The node normalizes `x` over its last axis. `approximate()` states the couplings

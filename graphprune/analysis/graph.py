@@ -91,6 +91,7 @@ class DependencyGraph:
         self.blocked: dict[DimNode, str] = {}
         self.roles: dict[DimNode, str] = {}
         self.pending_roles: list[tuple[DimNode, str]] = []  # roles stated on computed tensors
+        self.pending_splits: list[tuple] = []  # head splits, resolved after all rules
         self.groups: list[Group] = []
         self.group_of: dict[DimNode, int] = {}
         self.policy = Policy()

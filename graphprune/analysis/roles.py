@@ -16,13 +16,14 @@ from __future__ import annotations
 from ..ir import GraphView, subgraph_outer_names
 from .graph import DependencyGraph
 
-_NOT_FROM_VALUES = {"Shape", "Size", "RandomNormal", "RandomUniform", "RandomNormalLike",
-                    "RandomUniformLike", "Multinomial", "Bernoulli"}
+_NOT_FROM_VALUES = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                    "Multinomial", "Bernoulli"}
 
 
 def constant_derived(view: GraphView) -> set[str]:
-    """Tensors whose values depend on constants only (constants included)."""
-    derived = set(view.consts)
+    """Tensors whose values depend on constants only (constants, and shape computations that
+    read static sizes, included)."""
+    derived = set(view.consts) | set(view.folded)
     for node in view.graph.node:
         ins = [i for i in node.input if i]
         if (not ins or node.op_type in _NOT_FROM_VALUES or subgraph_outer_names(node)

@@ -28,7 +28,8 @@ from ..runtime import validate as runtime_validate
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
 from ..transforms.compensate import compensate as compensate_plan
-from ..transforms.rewrite import keep_positions, rewrite as rewrite_plan
+from ..transforms.rewrite import (dead_nodes, drop_newly_dead, keep_positions,
+                                  rewrite as rewrite_plan)
 from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
@@ -250,9 +251,14 @@ def compensate(state: PruneState) -> None:
 
 
 def rewrite(state: PruneState) -> None:
+    """Slice, fix every node, merge untied copies that stayed identical, and drop what the
+    rewrite left unused (nodes and weights the input model already left unused stay)."""
+    work = state.source.work
+    dead = dead_nodes(work) if state.plan.keep else set()
     counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
-    counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
-    restore_input_shapes(state.source.work, state.input_types)
+    counts["constants_retied"] = retie_identical(work, state.copies, state.view)
+    counts["unused_dropped"] = drop_newly_dead(work, dead) if state.plan.keep else 0
+    restore_input_shapes(work, state.input_types)
     state.counts, state.shapes_after = counts, shapes
 
 

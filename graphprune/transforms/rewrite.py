@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..analysis.graph import DependencyGraph
-from ..ir import GraphView, attr
+from ..ir import GraphView, attr, subgraph_outer_names
 from ..ir.shapes import inference_copy
 from ..ops.registry import lookup
 from .select import Plan
@@ -280,6 +280,15 @@ class Rewriter:
                     old, known = self.view.partial[name]
                     self.patch_entries(node, idx, known, old)
                     pinned += 1
+        for node in self.model.graph.node:
+            # the shape of a weight is a constant: the weight (or the copy of it only this
+            # node read) need not be kept for it
+            if (node.op_type in ("Shape", "Size") and node.input and node.input[0] in
+                    self.view.consts and node.output[0] in folded):
+                const = helper.make_node("Constant", [], [node.output[0]], name=node.name,
+                                         value=numpy_helper.from_array(folded[node.output[0]]))
+                node.CopyFrom(const)
+                pinned += 1
         outputs = {o.name for o in self.model.graph.output}
         for node in self.model.graph.node:
             name = node.output[0] if node.output else ""
@@ -308,6 +317,47 @@ class Rewriter:
                 return
             fresh = {vi.name: vi for vi in inferred.graph.value_info}
             self.model.graph.value_info.extend(fresh[n] for n in stale if n in fresh)
+
+
+def _node_key(node: onnx.NodeProto) -> tuple:
+    return (node.op_type, node.name, tuple(node.output))
+
+
+def dead_nodes(model: onnx.ModelProto) -> set[tuple]:
+    """Keys of the nodes whose outputs nothing reads (transitively), and the initializers
+    only they read (as ("", name, ()) keys)."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    live = set()
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output if o):
+            live.add(_node_key(node))
+            needed.update(i for i in node.input if i)
+            needed.update(subgraph_outer_names(node))
+    dead = {_node_key(n) for n in g.node} - live
+    dead |= {("", t.name, ()) for t in g.initializer if t.name not in needed}
+    return dead
+
+
+def drop_newly_dead(model: onnx.ModelProto, dead_before: set[tuple]) -> int:
+    """Remove what the rewrite left unused (a Shape of a weight whose value was pinned, a
+    weight copy only it read); what the input model already carried unused stays."""
+    new = dead_nodes(model) - dead_before
+    if not new:
+        return 0
+    g = model.graph
+    keep_nodes = [n for n in g.node if _node_key(n) not in new]
+    keep_inits = [t for t in g.initializer if ("", t.name, ()) not in new]
+    dropped = {t.name for t in g.initializer if ("", t.name, ()) in new}
+    del g.node[:]
+    g.node.extend(keep_nodes)
+    del g.initializer[:]
+    g.initializer.extend(keep_inits)
+    if dropped:
+        inputs = [i for i in g.input if i.name not in dropped]
+        del g.input[:]
+        g.input.extend(inputs)
+    return len(new)
 
 
 def shapes_after(view: GraphView, keep: dict[tuple[str, int], np.ndarray]) -> dict:
