@@ -100,6 +100,9 @@ def test_simplified_layer_norms_freeze_without_hidden_pruning():
 def test_every_contrib_rule_is_covered():
     from graphprune.ops.registry import RULES
 
+    from test_quantized import MS_OPS  # quantized kernels: tested on ORT's quantizer output
+
     covered = {"MultiHeadAttention", "FastGelu", "FusedMatMul", "SkipLayerNormalization",
-               "BiasGelu", "QuickGelu", "Gelu", "SkipSimplifiedLayerNormalization"}
+               "BiasGelu", "QuickGelu", "Gelu", "SkipSimplifiedLayerNormalization",
+               "DynamicQuantizeLSTM"} | MS_OPS  # DynamicQuantizeLSTM: test_recurrent
     assert {op for d, op in RULES if d == MS} <= covered
