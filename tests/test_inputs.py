@@ -118,3 +118,15 @@ def test_downsampled_width_is_not_taken_for_a_constant():
         x = rng.standard_normal((1, 3, 32, width)).astype(np.float32)
         a, b = run(model, {"x": x}), run(res.model, {"x": x})
         assert [v.shape for v in a.values()] == [v.shape for v in b.values()]
+
+
+def test_fidelity_measurement_uses_the_planned_inputs():
+    """--html / --benchmark / --max-drop measure fidelity on random inputs: at the sizes the
+    weights fix and with the values given."""
+    from graphprune.pipeline.measure import evaluate_result
+
+    for name, kw in (("sym_feat_gemm", {}), ("need_sr_where", {"input_values": {"sr": 8000}})):
+        model, _ = build(name)
+        res = graphprune.prune(model, ratio=0.3, **kw)
+        report = evaluate_result(res, model)
+        assert report["fidelity"]["samples"] == 32 and report["fidelity"]["value"] > 0.5

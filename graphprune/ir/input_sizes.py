@@ -44,8 +44,24 @@ class InputPlan:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # fixed values
     pools: dict[str, np.ndarray] = field(default_factory=dict)  # integer values to draw from
     samples: dict[str, np.ndarray] | None = None  # real data: one batch
-    assumed: list[str] = field(default_factory=list)  # "x[2] (height) = 224"
+    guessed: list = field(default_factory=list)  # (input, axis) whose size is a guess
     sampled: set = field(default_factory=set)  # inputs whose symbolic leading axis holds samples
+
+    @property
+    def assumed(self) -> list[str]:
+        """The guessed sizes, as the report lists them: "x[2] (height) = 224"."""
+        out = []
+        for name, a in self.guessed:
+            dp = self.names.get(name, [None] * (a + 1))[a]
+            out.append(f"{name}[{a}]{f' ({dp})' if dp else ''} = {self.shapes[name][a]}")
+        return out
+
+    def adopt(self, feeds: dict) -> None:
+        """Take the sizes of feeds a run succeeded with (another size for a guessed dim)."""
+        for name, v in feeds.items():
+            shape = list(np.shape(v))
+            if name in self.shapes and len(shape) == len(self.shapes[name]):
+                self.shapes[name] = shape
 
     def cost_shapes(self) -> dict[str, list[int]]:
         """The shapes MACs are counted at: the plan's, one sample where the given data set the
@@ -154,7 +170,7 @@ def plan_inputs(model: onnx.ModelProto, shapes: dict | None = None, values: dict
                 size = 1 if a == 0 else (IMAGE_SIZE if image and _image_like(s) else
                                          SEQUENCE_SIZE)
                 free.append(a)
-                plan.assumed.append(f"{s.name}[{a}]{f' ({dp})' if dp else ''} = {size}")
+                plan.guessed.append((s.name, a))
             if dp is not None and dp not in by_name:
                 by_name[dp] = (size, a in free)
             shape.append(int(size))

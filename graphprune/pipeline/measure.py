@@ -87,7 +87,8 @@ def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
         calib_name = calib_name or "arrays"
     result.report["fidelity"] = fidelity(proto, result.model, calib=calib, seed=seed,
                                          calib_name=calib_name, shapes=shapes,
-                                         provider=provider)
+                                         provider=provider,
+                                         inputs=getattr(result, "inputs", None))
     if benchmark:
         src = original if isinstance(original, onnx.ModelProto) else str(original)
         pair = bench.benchmark_pair(src, result.model, threads=threads, repeats=repeats,

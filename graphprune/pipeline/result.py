@@ -51,6 +51,7 @@ class PruneResult:
             self._plan_document = self.plan_source()
         return self._plan_document
     provider: str = "CPUExecutionProvider"  # of the validation run at save time
+    inputs: object = None  # the InputPlan the runs used (sizes and values of the inputs)
 
     @property
     def prune_plan(self):

@@ -25,6 +25,7 @@ from ..ir.sanity import check_graph_sanity
 from ..ir.shapes import infer_shapes
 from ..ir.storage import TWO_GB, approx_bytes
 from ..runtime import validate as runtime_validate
+from ..runtime.isolate import Pending
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
 from ..transforms.compensate import compensate as compensate_plan
@@ -263,7 +264,20 @@ def rewrite(state: PruneState) -> None:
 
 
 def cost_after(state: PruneState) -> None:
+    """Params and MACs after. When the reference run had to take other sizes for guessed dims
+    (the planned ones were too small for the model), those sizes are adopted, and the MACs
+    before are counted again at them."""
     work = state.source.work
+    ref = state.reference
+    if ref is not None:
+        feeds = (ref.result() if isinstance(ref, Pending) else ref)[0]
+        old = {k: list(v) for k, v in state.inputs.shapes.items()}
+        state.inputs.adopt(feeds)
+        if state.inputs.shapes != old:  # count the input again (the work model is pruned)
+            original = state.source.original
+            if not isinstance(original, onnx.ModelProto):
+                original = onnx.load(original, load_external_data=False)
+            state.before["macs"] = count_macs(view_at(original, state.inputs.cost_shapes()))
     view = GraphView(work, state.shapes_after)
     state.after = {"params": count_params(view), "macs": macs_at(work, state.inputs, view),
                    "ops": op_counts(work)}

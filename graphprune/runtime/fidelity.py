@@ -32,7 +32,7 @@ CHUNK = 64
 
 
 def batches(model: onnx.ModelProto, calib: dict | None, samples: int = RANDOM_SAMPLES,
-            seed: int = 0, shapes: dict | None = None) -> list[dict]:
+            seed: int = 0, shapes: dict | None = None, inputs=None) -> list[dict]:
     """Feeds to run: calibration arrays cut to the model's batch (a list of feeds is used as
     it is), or `samples` random samples.
 
@@ -43,6 +43,11 @@ def batches(model: onnx.ModelProto, calib: dict | None, samples: int = RANDOM_SA
         return calib
     specs = with_shapes(input_specs(model), shapes)
     static = static_batch(specs)
+    if calib is None and inputs is not None:  # the prune's planned sizes and given values
+        if static is None:
+            return [inputs.feeds(specs, seed, inputs.shapes_at(batch=samples))]
+        n = max(1, samples // static)
+        return [inputs.feeds(specs, seed + k) for k in range(n)]
     if calib is None:
         if static is None:
             return [random_feeds(specs, seed=seed, batch=samples, dynamic=16)]
@@ -142,12 +147,13 @@ def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
 
 def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
              seed: int = 0, calib_name: str | None = None, shapes: dict | None = None,
-             provider: str = DEFAULT_PROVIDER) -> dict:
+             provider: str = DEFAULT_PROVIDER, inputs=None) -> dict:
     """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring.
-    `shapes` fixes the dims of named inputs of the random samples."""
+    `shapes` fixes the dims of named inputs of the random samples; `inputs`: the prune's
+    `InputPlan` (sizes and values random inputs take)."""
     original, pruned = _proto(original), _proto(pruned)
     osess, psess = session(original, provider=provider), session(pruned, provider=provider)
-    feeds = batches(original, calib, samples, seed, shapes)
+    feeds = batches(original, calib, samples, seed, shapes, inputs)
     ref, out = run_all(osess, feeds), run_all(psess, feeds)
     res = compare_outputs(ref, out, use_top1=calib is not None)
     sampled = sample_inputs(input_specs(original))
