@@ -67,6 +67,10 @@ def conv_macs(ctx, w: str) -> int:
 
 @rule("Conv")
 class Conv(OpRule):
+    couples = "X channels ↔ W[1] (inputs); W[0], B ↔ Y channels; grouped convs: whole groups"
+    shrinks = "W, B; `group`"
+    frozen = "grouped convs of unknown channel counts"
+
     def analyze(self, ctx):
         b = ctx.inputs[2] if len(ctx.inputs) > 2 else ""
         couple_conv(ctx, ctx.inputs[0], ctx.inputs[1], b, ctx.outputs[0])
@@ -86,6 +90,10 @@ class Conv(OpRule):
 @rule("ConvTranspose")
 class ConvTranspose(OpRule):
     """ConvTranspose: X[N, C, ...], W[C, M/g, k...], B[M], Y[N, M, ...]."""
+
+    couples = "X channels ↔ W[0]; W[1], B ↔ Y channels; grouped: whole groups"
+    shrinks = "W, B; `group`"
+    frozen = "grouped convs of unknown channel counts"
 
     def analyze(self, ctx):
         x, w = ctx.inputs[0], ctx.inputs[1]

@@ -37,6 +37,9 @@ def gemm_macs(ctx, a: str) -> int:
 class Gemm(OpRule):
     """Y = alpha·op(A)·op(B) + beta·C with op = optional transpose; C broadcasts to [M, N]."""
 
+    couples = "A's K ↔ B's K (inputs); B's N, C ↔ Y (outputs)"
+    shrinks = "B, C"
+    frozen = "—"
 
     def analyze(self, ctx):
         c = ctx.inputs[2] if len(ctx.inputs) > 2 else ""
@@ -85,6 +88,9 @@ def matmul_macs(ctx, a: str) -> int:
 class MatMul(OpRule):
     """numpy.matmul semantics, including 1-D operands and broadcast batch axes."""
 
+    couples = "A's last ↔ B's K; B's last ↔ Y's last; batch axes as broadcasting"
+    shrinks = "constant operands"
+    frozen = "batch axes whose broadcasting cannot be told"
 
     def analyze(self, ctx):
         couple_matmul(ctx, ctx.inputs[0], ctx.inputs[1], ctx.outputs[0])
@@ -137,6 +143,10 @@ class Einsum(OpRule):
     operands' axes to the output axis; one summed over in several operands is a contraction
     (a constant operand's weight input axis); one summed over in a single operand is reduced
     (blocked). A subscript repeated within one operand (a diagonal) blocks the node."""
+
+    couples = "axes of equal subscripts: kept ones to the output, contracted ones across operands"
+    shrinks = "constant operands"
+    frozen = "subscripts summed in one operand; diagonals"
 
     def analyze(self, ctx):
         ins, y = ctx.inputs, ctx.outputs[0]

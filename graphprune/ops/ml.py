@@ -15,6 +15,10 @@ class Scaler(OpRule):
     """Y = (X - offset) · scale per feature (the last axis); the `offset` and `scale`
     attributes (one value per feature, or one for all) shrink with the features."""
 
+    couples = "features 1:1"
+    shrinks = "`offset`, `scale`"
+    frozen = "—"
+
     def analyze(self, ctx):
         ctx.couple_same(ctx.inputs[0], ctx.outputs[0])
 
@@ -34,6 +38,10 @@ class Scaler(OpRule):
 class Normalizer(OpRule):
     """Each row divided by its max, L1 or L2 norm: the feature axis mixes (blocked)."""
 
+    couples = "the batch axis"
+    shrinks = "—"
+    frozen = "the features (a row's norm)"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         last = ctx.rank(x) - 1
@@ -46,6 +54,10 @@ class Normalizer(OpRule):
 class ZipMap(OpRule):
     """Class probabilities [N, C] to a sequence of maps keyed by class label: the classes are
     the model's output (blocked)."""
+
+    couples = "—"
+    shrinks = "—"
+    frozen = "its input (classes become map keys)"
 
     def analyze(self, ctx):
         ctx.block(ctx.inputs[0], None, "classes become the keys of a map output")

@@ -62,6 +62,10 @@ class QuantDequant(OpRule):
     """y = (x - zero_point) · scale (DequantizeLinear) or its inverse: elementwise; a per-axis
     or blocked scale and zero point shrink with their axis (see the module docstring)."""
 
+    couples = "every axis; a per-axis scale and zero point to their axis, a blocked one by blocks"
+    shrinks = "per-axis and blocked scales and zero points"
+    frozen = "parameters of other shapes"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.couple_same(x, y)
@@ -74,6 +78,10 @@ class QuantDequant(OpRule):
 class DynamicQuantizeLinear(OpRule):
     """y = saturate(round(x / scale) + zero_point) with a per-tensor scale computed at run
     time: elementwise (the scale and zero point outputs are scalars)."""
+
+    couples = "every axis (its scale is per tensor)"
+    shrinks = "—"
+    frozen = "—"
 
     def analyze(self, ctx):
         ctx.couple_same(ctx.inputs[0], ctx.outputs[0])
@@ -90,6 +98,10 @@ class ConvInteger(Conv):
     """Conv of integer tensors with zero points (x_zero_point per tensor, w_zero_point per
     tensor or per output channel)."""
 
+    couples = "as Conv"
+    shrinks = "W, a per-channel w_zero_point; `group`"
+    frozen = "as Conv"
+
     def analyze(self, ctx):
         ins = ctx.inputs + [""] * (4 - len(ctx.inputs))
         x, w, y = ins[0], ins[1], ctx.outputs[0]
@@ -105,6 +117,10 @@ class ConvInteger(Conv):
 class QLinearConv(Conv):
     """Conv on quantized x, w and int32 bias B; w_scale / w_zero_point per tensor or per
     output channel; input and output scales are per tensor."""
+
+    couples = "as Conv on x, w, B"
+    shrinks = "w, B, per-channel w_scale and w_zero_point; `group`"
+    frozen = "per-channel activation quantization"
 
     def analyze(self, ctx):
         ins = ctx.inputs + [""] * (9 - len(ctx.inputs))
@@ -130,6 +146,10 @@ class MatMulInteger(OpRule):
     """MatMul of integer tensors with zero points: a_zero_point per tensor or per row of A,
     b_zero_point per tensor or per column of B."""
 
+    couples = "as MatMul"
+    shrinks = "B, a per-column b_zero_point (per-row a_zero_point)"
+    frozen = "as MatMul"
+
     def analyze(self, ctx):
         ins = ctx.inputs + [""] * (4 - len(ctx.inputs))
         a, b, y = ins[0], ins[1], ctx.outputs[0]
@@ -145,6 +165,10 @@ class MatMulInteger(OpRule):
 class QLinearMatMul(OpRule):
     """MatMul of quantized a and b: b's scale / zero point per tensor or per column, a's and
     the output's per tensor (or per row of a)."""
+
+    couples = "as MatMul on a, b"
+    shrinks = "b, per-column scales and zero points"
+    frozen = "as MatMul"
 
     def analyze(self, ctx):
         ins = ctx.inputs + [""] * (8 - len(ctx.inputs))
@@ -163,6 +187,10 @@ class QGemm(OpRule):
     """ORT's quantized Gemm (A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp): Gemm's
     couplings, b's scale / zero point per tensor or per output column."""
 
+    couples = "as Gemm on A, B, C"
+    shrinks = "B, C, per-column b_scale and b_zero_point"
+    frozen = "—"
+
     def analyze(self, ctx):
         ins = ctx.inputs + [""] * (9 - len(ctx.inputs))
         a, b, c, y = ins[0], ins[3], ins[6], ctx.outputs[0]
@@ -180,6 +208,10 @@ class QLinearBinary(OpRule):
     """(A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp): elementwise with broadcasting,
     per-tensor scales."""
 
+    couples = "as Add / Mul"
+    shrinks = "constant operands"
+    frozen = "as Add / Mul"
+
     def analyze(self, ctx):
         ins = ctx.inputs + [""] * (8 - len(ctx.inputs))
         couple_broadcast(ctx, [ins[0], ins[3]], ctx.outputs[0])
@@ -190,6 +222,10 @@ class QLinearBinary(OpRule):
 class QLinearUnary(OpRule):
     """(X, X_scale, X_zp, Y_scale, Y_zp): elementwise, per-tensor scales."""
 
+    couples = "every axis"
+    shrinks = "—"
+    frozen = "—"
+
     def analyze(self, ctx):
         ctx.couple_same(ctx.inputs[0], ctx.outputs[0])
         _free_all(ctx, ctx.inputs[1:])
@@ -199,6 +235,10 @@ class QLinearUnary(OpRule):
 class QLinearPool(OpRule):
     """Average pooling of a quantized tensor: batch and channel axes pass (channels last with
     `channels_last=1`), per-tensor scales."""
+
+    couples = "batch, channels (last with `channels_last`)"
+    shrinks = "—"
+    frozen = "the pooled axes"
 
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
@@ -217,6 +257,10 @@ class QLinearPool(OpRule):
 @rule("QLinearConcat", domain=MS)
 class QLinearConcat(ShapeOnly):
     """(Y_scale, Y_zp, X1, X1_scale, X1_zp, ...): Concat of the X inputs along `axis`."""
+
+    couples = "as Concat"
+    shrinks = "—"
+    frozen = "inputs of unknown size on the joined axis"
 
     def analyze(self, ctx):
         y = ctx.outputs[0]

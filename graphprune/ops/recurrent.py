@@ -64,6 +64,13 @@ def _from_outside(view, name: str) -> bool:
 class Recurrent(OpRule):
     """Hidden-size and input-size pruning of a recurrent op (see the module docstring)."""
 
+    couples = ("hidden unit j: row j of every gate block of W, R, B, P, column j of R, the "
+               "initial states, Y / Y_h / Y_c (both directions alike); X's features ↔ W's "
+               "input axis")
+    shrinks = ("W, R, B, P, constant states, per-gate scales; `hidden_size`; a state from "
+               "outside read through a Gather")
+    frozen = "the direction axis; weights of unexpected shape"
+
     def analyze(self, ctx):
         op = ctx.node.op_type
         s = _slots(op, ctx.inputs)

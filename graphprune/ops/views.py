@@ -16,6 +16,9 @@ from .registry import ShapeOnly, rule
 
 @rule("Transpose")
 class Transpose(ShapeOnly):
+    couples = "axes by `perm`"
+    shrinks = "—"
+    frozen = "—"
 
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
@@ -37,6 +40,9 @@ def _listed_axes(ctx, r):
 
 @rule("Squeeze")
 class Squeeze(ShapeOnly):
+    couples = "kept axes"
+    shrinks = "writes out the squeezed axes when none were listed"
+    frozen = "axes computed at run time"
 
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
@@ -72,6 +78,9 @@ class Squeeze(ShapeOnly):
 
 @rule("Unsqueeze")
 class Unsqueeze(ShapeOnly):
+    couples = "the input's axes"
+    shrinks = "—"
+    frozen = "axes computed at run time"
 
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
@@ -316,6 +325,11 @@ class Reshape(ShapeOnly):
     Reshape → Transpose → Reshape that transposes the last two axes (`swapped_last_two`) is
     coupled as that transpose."""
 
+    couples = ("axes kept 1:1; merges to one carrying axis (whole blocks of the others); "
+               "splits into heads (the first unblocked part) or position j of every block; "
+               "Reshape → Transpose → Reshape of the last two axes as that transpose")
+    shrinks = "target entries (patched in run-time targets)"
+    frozen = "sizes not known statically; run-time entries; regroupings of several axes"
 
     def analyze(self, ctx):
         x, shp, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
@@ -354,6 +368,9 @@ class Reshape(ShapeOnly):
 
 @rule("Flatten")
 class Flatten(ShapeOnly):
+    couples = "each merged axis to its one carrying input axis (a channel and its h·w features)"
+    shrinks = "—"
+    frozen = "merges of several carrying axes"
 
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
