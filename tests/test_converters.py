@@ -162,3 +162,17 @@ def test_reshape_merging_two_carrying_axes_keeps_whole_blocks():
     assert const_shape(res.model, "head.scale") == (2, 1)
     assert const_shape(res.model, "m2.W") == (16, 3)  # two whole heads of 8
     assert const_shape(res.model, "m1.W") == (6, 8)  # the inner axis is not pruned
+
+
+@pytest.mark.parametrize("name", ["vit_timm_legacy", "vit_timm_dynamo", "vit_tv_legacy",
+                                  "vit_tv_dynamo"])
+def test_vits_with_a_class_token_prune(name):
+    """x[:, 0] is a scalar-index Gather; timm's fused QKV reshape [.., 3, H, D] has its heads
+    on H; its head size is computed from the hidden size at run time (pinned when the hidden
+    size shrinks)."""
+    model, _ = build(name)
+    res = graphprune.prune(model, ratio=0.3)  # hidden size included: validated in ORT
+    assert res.report["params"]["after"] < 0.75 * res.report["params"]["before"]
+    res = prune_checked(model, ratio=0.5, dims="heads,mlp")
+    heads = [g for g in res.report["groups"] if g["kind"] == "head" and g["frozen_reason"] is None]
+    assert bool(heads) == name.startswith("vit_timm")  # torchvision's MultiheadAttention: frozen

@@ -164,8 +164,9 @@ class Rewriter:
         if name in self.view.partial:
             old, known = self.view.partial[name]
             changed = known & (np.asarray(value) != old)
-            if changed.any():
-                self.patch_entries(node, idx, changed, np.asarray(value))
+            if changed.any():  # every known entry: those the rule left are pinned to their
+                # original value (a head size computed from a hidden size that shrank)
+                self.patch_entries(node, idx, known, np.asarray(value))
             return
         if len(users) == 1 and name not in self.view.graph_outputs and name in self.view.consts:
             self.write_const(name, value)
