@@ -15,13 +15,18 @@ import numpy as np
 import onnx
 
 from ..ir import Dim
+from ..ir.inputs import has_cache, input_specs, random_feeds
 from ..ir.storage import approx_bytes
 from .isolate import isolated
-from .session import random_inputs, run_options, session
+from .session import run_options, session
 
 MAX_MODEL_BYTES = 1 << 30
 PROBE_SIZES = ((2, 7), (3, 11))  # (batch, other symbolic dims) for the two runs
 FALLBACK_SIZES = ((2, 32), (3, 48))
+# A decoder with a KV cache: (batch, current tokens, past length). Batch, current and total
+# length all differ between the two runs; the second keeps batch 1, as GroupQueryAttention
+# requires when both the past and the current tokens are more than one.
+CACHE_SIZES = ((2, 7, 0), (1, 11, 5))
 
 
 def _needs_probe(model: onnx.ModelProto, shapes: dict) -> bool:
@@ -47,20 +52,23 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _run_all(model: onnx.ModelProto, names: list[str], sizes, seed: int):
+def _run_all(model: onnx.ModelProto, names: list[str], sizes, seed: int, specs):
     sess = session(model)
-    feeds = random_inputs(sess, seed=seed, batch=sizes[0], dynamic=sizes[1])
+    feeds = random_feeds(specs, seed=seed, batch=sizes[0], dynamic=sizes[1],
+                         past=sizes[2] if len(sizes) > 2 else None)
     outs = sess.run(names, feeds, run_options())
     got = {n: tuple(np.shape(v)) for n, v in zip(names, outs)}
     got.update({n: tuple(np.shape(v)) for n, v in feeds.items()})
     return got
 
 
-def _run_twice(probe: onnx.ModelProto, names: list[str]):
+def _run_twice(probe: onnx.ModelProto, names: list[str], specs):
     """Both probe runs, with a fallback pair of sizes; None if the model runs at neither."""
-    for sizes_a, sizes_b in (PROBE_SIZES, FALLBACK_SIZES):
+    pairs = (CACHE_SIZES,) if has_cache(specs) else (PROBE_SIZES, FALLBACK_SIZES)
+    for sizes_a, sizes_b in pairs:
         try:
-            return _run_all(probe, names, sizes_a, 0), _run_all(probe, names, sizes_b, 1)
+            return (_run_all(probe, names, sizes_a, 0, specs),
+                    _run_all(probe, names, sizes_b, 1, specs))
         except Exception:  # noqa: BLE001  (sizes the model rejects: try the next pair)
             continue
     return None
@@ -87,7 +95,7 @@ def probe_shapes(model: onnx.ModelProto, shapes: dict) -> dict[str, tuple[Dim, .
                 names.append(o)
     names += [o.name for o in model.graph.output]
     try:  # in a child process: some models crash ONNX Runtime at made-up sizes (SIGFPE)
-        runs = isolated(_run_twice, probe, names, crash=RuntimeError)
+        runs = isolated(_run_twice, probe, names, input_specs(model), crash=RuntimeError)
     except Exception:  # noqa: BLE001  (no probe: the sizes stay unknown and their groups frozen)
         return {}
     if runs is None:
