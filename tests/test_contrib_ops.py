@@ -102,4 +102,6 @@ def test_every_contrib_rule_is_covered():
 
     covered = {"MultiHeadAttention", "FastGelu", "FusedMatMul", "SkipLayerNormalization",
                "BiasGelu", "QuickGelu", "Gelu", "SkipSimplifiedLayerNormalization"}
+    # on the bundled GenAI models: tests/test_llm_formats.py
+    covered |= {"GroupQueryAttention", "MatMulNBits", "GatherBlockQuantized"}
     assert {op for d, op in RULES if d == MS} <= covered

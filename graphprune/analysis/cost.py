@@ -40,8 +40,12 @@ def _is_float(dtype) -> bool:
 
 
 def count_params(view: GraphView) -> int:
-    """Elements of all floating-point constants: initializers, Constant and ConstantOfShape."""
-    return int(sum(c.numel for c in view.consts.values() if _is_float(c.dtype)))
+    """Elements of all floating-point constants (initializers, Constant and ConstantOfShape)
+    and of every block-quantized weight (its logical N × K elements, not its packed bytes,
+    scales or zero points), plus the integer tensors DequantizeLinear turns into weights."""
+    dq = {n.input[0] for n in view.graph.node if n.op_type == "DequantizeLinear" and n.input}
+    return int(sum(c.numel for name, c in view.consts.items()
+                   if name not in view.quant_storage and (_is_float(c.dtype) or name in dq)))
 
 
 def count_macs(view: GraphView) -> int:

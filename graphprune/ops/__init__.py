@@ -1,3 +1,3 @@
 """Op rules. Importing this package registers every rule in `registry.RULES`."""
-from . import contrib, conv, elementwise, join_split, linear, norm, pool, resize, views  # noqa: F401
+from . import attention, contrib, conv, elementwise, join_split, linear, norm, pool, quantized, resize, views  # noqa: F401
 from .registry import RULES, OpRule, lookup, rule, supported_ops  # noqa: F401

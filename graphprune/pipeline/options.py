@@ -63,6 +63,9 @@ class PruneOptions:
     input_shapes: object = None
     # ONNX Runtime execution provider of calibration and validation runs (cpu, cuda, ...)
     provider: str = "CPUExecutionProvider"
+    # block-quantized weights (MatMulNBits): let their contraction axis lose single positions,
+    # re-quantizing the blocks they leave (else only whole quantization blocks go, exactly)
+    requantize: bool = False
 
     def check(self) -> None:
         if isinstance(self.dims, str):

@@ -162,7 +162,7 @@ def result_of(state: PruneState) -> PruneResult:
                        scores=state.scores, source_files=list(src.files),
                        copies=dict(state.copies or {}),
                        plan_source=lambda: plan_document(state),
-                       provider=state.options.provider)
+                       provider=state.options.provider, io=state.io)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",

@@ -11,10 +11,10 @@ import onnx
 
 from ..analysis.graph import DependencyGraph
 from ..ir import WEIGHTS
+from ..ir.cache import IoChanges
 from ..ir.files import check_outputs, stage_model
 from ..ir.load import data_files
 from ..ir.writer import OutputSet
-from ..errors import ValidationError
 from ..ir.storage import WeightStore
 from ..runtime import validate as runtime_validate
 from ..transforms.select import Plan
@@ -51,6 +51,7 @@ class PruneResult:
             self._plan_document = self.plan_source()
         return self._plan_document
     provider: str = "CPUExecutionProvider"  # of the validation run at save time
+    io: IoChanges | None = None  # how the graph's inputs/outputs changed (KV-cache heads)
 
     @property
     def prune_plan(self):
@@ -81,12 +82,12 @@ class PruneResult:
 
             def check(tmp: str) -> None:
                 t1 = time.perf_counter()
-                try:
-                    self.report["fidelity"] = runtime_validate.validate_file(
-                        tmp, ref, low_memory=self.store is not None, provider=self.provider)
-                except ValidationError as e:
-                    runtime_validate.input_fails_too(self.source, e)
-                    raise
+                fid = runtime_validate.validate_file(
+                    tmp, ref, low_memory=self.store is not None, provider=self.provider,
+                    io=self.io, original=self.source)
+                self.report["fidelity"] = fid
+                if fid.get("input_faults"):
+                    self.report["input_faults"] = fid["input_faults"]
                 spent["validate"] = time.perf_counter() - t1
 
         token = WEIGHTS.set(self.store)

@@ -15,10 +15,12 @@ from ..calibration.stats import build_context
 from ..calibration.text import text_calibration
 from ..criteria import CRITERIA
 from ..criteria.custom import from_callable
-from ..errors import UserError, ValidationError
+from ..errors import UserError
 from ..ir import GraphView
 from ..ir.fold import static_view
 from ..ir.inputs import fix_input_shapes, restore_input_shapes
+from ..ir.cache import IoChanges
+from ..ir.inputs import input_specs
 from ..ir.load import check_tensor_storage, open_model
 from ..ir.sanity import check_graph_sanity
 from ..ir.shapes import infer_shapes
@@ -83,13 +85,16 @@ def reference(state: PruneState) -> None:
     original's session is gone before anything else takes memory."""
     src, opts = state.source, state.options
     pending = runtime_validate.start_reference(src.original, seed=opts.seed, low_memory=src.lazy,
-                                               shapes=opts.input_shapes, provider=opts.provider)
+                                               shapes=opts.input_shapes, provider=opts.provider,
+                                               specs=input_specs(src.work))
     state.reference = pending.result() if src.lazy else pending
 
 
 def prepare(state: PruneState) -> None:
     """Parameter count of the input, shared constants untied, shapes and folded values."""
     work = state.source.work
+    state.graph_io = [(i.name, "input") for i in work.graph.input] + [
+        (o.name, "output") for o in work.graph.output]
     view = GraphView(work)
     params = count_params(view)
     if state.options.plan is not None:  # compared with the plan's (else computed when asked)
@@ -151,7 +156,7 @@ def drop_blocks(state: PruneState) -> None:
 
 def analyze(state: PruneState) -> None:
     opts = state.options
-    state.graph = analyze_graph(state.view, dims=opts.dims)
+    state.graph = analyze_graph(state.view, dims=opts.dims, requantize=opts.requantize)
     apply_protect(state.graph, opts.protect, opts.protect_op, opts.allow_unmatched)
 
 
@@ -231,10 +236,14 @@ def compensate(state: PruneState) -> None:
 
 
 def rewrite(state: PruneState) -> None:
-    counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
+    counts, shapes, resized = rewrite_plan(state.view, state.graph, state.plan)
     counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
     restore_input_shapes(state.source.work, state.input_types)
     state.counts, state.shapes_after = counts, shapes
+    if resized or state.io:
+        io = state.io or IoChanges()
+        io.kept.update(resized)
+        state.io = io
 
 
 def cost_after(state: PruneState) -> None:
@@ -255,13 +264,9 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def validate(state: PruneState) -> None:
     """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
     whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
-    try:
-        state.fidelity = runtime_validate.validate(None, state.source.work,
-                                                   seed=state.options.seed, ref=state.reference,
-                                                   provider=state.options.provider)
-    except ValidationError as e:
-        runtime_validate.input_fails_too(state.source.original, e)
-        raise
+    state.fidelity = runtime_validate.validate(state.source.original, state.source.work,
+                                               seed=state.options.seed, ref=state.reference,
+                                               provider=state.options.provider, io=state.io)
 
 
 # ------------------------------------------------------------------------------ steps

@@ -23,7 +23,7 @@ import onnx
 from ..errors import UserError, ValidationError
 from ..ir.cache import IoChanges
 from ..ir.inputs import InputSpec, random_feeds, with_shapes
-from ..ir.sanity import check_model, check_model_relative, first_line
+from ..ir.sanity import check_model_relative, first_line
 from .fidelity import cosine_fidelity
 from ..ir.shapes import inference_copy
 from .isolate import Pending, start
@@ -150,20 +150,6 @@ def _with_faults(fid: dict, faults: list[str]) -> dict:
 def _mapped(arrays: dict, io: IoChanges | None) -> dict:
     """Arrays keyed by the original's graph inputs/outputs, as the pruned model has them."""
     return arrays if io is None else io.apply(arrays)
-
-
-def input_fails_too(original: onnx.ModelProto | str | None, error: ValidationError) -> None:
-    """A pruned model the ONNX checker refuses: when the input fails the same check (the full
-    check, strict shape inference included, is stricter than the one an input must pass), the
-    input is at fault, and that is the error (a `UserError`) rather than a failed prune."""
-    if original is None or not str(error).startswith("onnx checker:"):
-        return
-    try:
-        check_model(original if isinstance(original, str) else inference_copy(original))
-    except ValidationError as e:
-        raise UserError(f"the input model already fails the ONNX checker's full check "
-                        f"({str(e)[len('onnx checker: '):]}); every pruned model must pass it, "
-                        "so graphprune cannot prune this one") from error
 
 
 def _compare(out: dict, ref: Reference, io: IoChanges | None = None) -> dict:

@@ -1,0 +1,224 @@
+"""Decoder LLMs in the formats people deploy, on the bundled tiny random-init twins of
+SmolLM2 (models/onnx/llm/, written by models/llm_formats.py): ONNX Runtime GenAI's builder in
+fp32 and int4 (GroupQueryAttention, MatMulNBits, GatherBlockQuantized,
+SkipSimplifiedLayerNormalization, genai_config.json), Hugging Face Optimum with past, and a
+torch dynamo export with a flat KV cache. Each prunes to a valid model whose outputs equal the
+consumer-zeroed original at other batch, sequence and past sizes, with the KV cache's head
+axis shrinking in step with the key/value heads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import graphprune
+from graphprune.ir.cache import cache_tensors
+from graphprune.ir.inputs import cache_feeds, input_specs, text_feeds
+from helpers import run, zero_consumers
+
+LLM = Path(__file__).resolve().parent.parent / "models" / "onnx" / "llm"
+FORMATS = ["genai-fp32", "genai-int4", "genai-int4-asym", "optimum", "dynamo-cache"]
+# (batch, current tokens, past length): GroupQueryAttention takes batch 1 when both are > 1
+SIZES = ((1, 5, 3), (3, 1, 4), (2, 6, 0), (1, 1, 0))
+HEADS, KV, LAYERS = 4, 2, 2
+
+
+def load(fmt: str) -> onnx.ModelProto:
+    return onnx.load(str(LLM / fmt / "model.onnx"))
+
+
+@pytest.fixture(scope="module", params=FORMATS)
+def fmt(request):
+    return request.param
+
+
+def quantized(fmt: str) -> bool:
+    return "int4" in fmt
+
+
+def assert_cache_equivalent(model, res, sizes=SIZES, atol=1e-4):
+    """Pruned == consumer-zeroed original on feeds that keep the cache contract; the pruned
+    model gets the kept heads of the past and gives the kept heads of the present."""
+    oracle = zero_consumers(model, res)
+    specs = input_specs(model)
+    for k, (b, s, p) in enumerate(sizes):
+        feeds = cache_feeds(specs, seed=k, seq=s, batch=b, past=p)
+        want = res.io.apply(run(oracle, feeds)) if res.io else run(oracle, feeds)
+        out = run(res.model, res.io.apply(feeds) if res.io else feeds)
+        assert list(out) == list(want)
+        for name in want:
+            assert out[name].shape == want[name].shape, name
+            np.testing.assert_allclose(out[name], want[name], atol=atol, rtol=1e-4,
+                                       err_msg=f"{name} at {b, s, p}")
+
+
+def declared(model, name):
+    vi = next(v for v in list(model.graph.input) + list(model.graph.output) if v.name == name)
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in vi.type.tensor_type.shape.dim]
+
+
+# --------------------------------------------------------------------------- inputs
+def test_cache_feeds_keep_the_contract(fmt):
+    model = load(fmt)
+    specs = input_specs(model)
+    past = [s for s in specs if s.name.startswith("past_key_values.")]
+    assert len(past) == 2 * LAYERS
+    assert all(s.shape[1] == KV and s.shape[3] == 16 for s in past)  # genai: from the weights
+    for b, s, p in SIZES:
+        f = cache_feeds(specs, seq=s, batch=b, past=p)
+        assert f["attention_mask"].shape == (b, p + s)
+        if "position_ids" in f:
+            assert (f["position_ids"][0] == np.arange(p, p + s)).all()
+        out = run(model, f)
+        assert out["logits"].shape == (b, s, 512)
+        assert out["present.1.value"].shape == (b, KV, p + s, 16)
+
+
+def test_text_feeds_give_an_empty_past(fmt):
+    specs = input_specs(load(fmt))
+    f = text_feeds(specs, np.arange(12, dtype=np.int64).reshape(2, 6))
+    assert f["past_key_values.0.key"].shape == (2, KV, 0, 16)
+    assert f["attention_mask"].shape == (2, 6)
+
+
+def test_cache_tensors_are_recognized(fmt):
+    cache = cache_tensors(load(fmt))
+    assert sorted((c.io, c.layer, c.kind) for c in cache) == sorted(
+        (io, i, k) for io in ("input", "output") for i in range(LAYERS) for k in ("key", "value"))
+
+
+# --------------------------------------------------------------------------- pruning
+def test_heads_and_mlp_equal_consumer_zeroing(fmt):
+    model = load(fmt)
+    res = graphprune.prune(model, ratio=0.5, dims="heads,mlp")
+    pruned = {g["kind"] for g in res.report["groups"]
+              if g["frozen_reason"] is None and g["size_after"] < g["size_before"]}
+    assert pruned == {"head", "mlp"}, res.report["groups"]
+    for c in cache_tensors(model):  # the cache follows the kv heads: one of two kept
+        assert declared(res.model, c.name)[1] == 1
+    changes = {c["name"]: c for c in res.report["io_changes"]}
+    assert set(changes) == {c.name for c in cache_tensors(model)}
+    assert all(c["change"] == "resized" and c["before"] == 2 and c["after"] == 1
+               for c in changes.values())
+    assert res.report["params"]["after"] < res.report["params"]["before"]
+    assert_cache_equivalent(model, res, atol=1e-3 if quantized(fmt) else 1e-4)
+
+
+def test_hidden_size_prunes_to_a_runnable_model(fmt):
+    model = load(fmt)
+    res = graphprune.prune(model, ratio=0.5, dims="heads,mlp,hidden")
+    kinds = {g["kind"]: (g["size_before"], g["size_after"]) for g in res.report["groups"]
+             if g["frozen_reason"] is None}
+    assert kinds["hidden"][1] < kinds["hidden"][0]
+    specs = input_specs(model)
+    for b, s, p in SIZES:
+        out = run(res.model, res.io.apply(cache_feeds(specs, seq=s, batch=b, past=p)))
+        assert out["logits"].shape == (b, s, 512)
+        assert out["present.0.key"].shape == (b, 1, p + s, 16)
+
+
+def test_protecting_the_cache_keeps_the_signature():
+    model = load("genai-fp32")
+    res = graphprune.prune(model, ratio=0.5, dims="heads,mlp", protect=["past_key_values.*"])
+    assert not res.report.get("io_changes")
+    assert all(g["size_after"] == g["size_before"] for g in res.report["groups"]
+               if g["kind"] == "head")
+
+
+# --------------------------------------------------------------------------- quantized weights
+def _nbits(model, part):
+    return next(n for n in model.graph.node if n.op_type == "MatMulNBits" and f"/{part}/" in n.name)
+
+
+def _attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+@pytest.mark.parametrize("fmt_q", ["genai-int4", "genai-int4-asym"])
+def test_matmulnbits_prunes_rows_and_whole_blocks_byte_exact(fmt_q):
+    """N (gate/up rows) and K (down_proj columns) lose whole 32-wide blocks by default: codes,
+    scales and zero points are sliced, never re-quantized, so the kept weights are identical."""
+    from graphprune.ir import GraphView
+
+    model = load(fmt_q)
+    res = graphprune.prune(model, ratio=0.5, dims="mlp")
+    mlp = [g for g in res.report["groups"] if g["kind"] == "mlp" and not g["frozen_reason"]]
+    assert mlp and all(g["size_before"] == 4 and g["size_after"] == 2 for g in mlp)
+    gate, down = _attrs(_nbits(res.model, "gate_proj")), _attrs(_nbits(res.model, "down_proj"))
+    assert (gate["N"], gate["K"], down["N"], down["K"]) == (64, 64, 64, 64)
+    before, after = GraphView(model), GraphView(res.model)
+    grp = next(g for g in res.graph.groups if g.kind == "mlp" and g.id in res.plan.keep)
+    name = next(m.tensor for m in grp.members if "down_proj" in m.tensor)
+    kept = np.flatnonzero(np.isin(grp.unit_of[(name, 1)], res.plan.keep[grp.id]))
+    np.testing.assert_array_equal(after.const_value(name), before.const_value(name)[:, kept])
+    assert_cache_equivalent(model, res, atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt_q", ["genai-int4", "genai-int4-asym"])
+def test_matmulnbits_requantizes_partial_blocks_within_one_step(fmt_q):
+    """With requantize=True the MLP loses single channels; down_proj's blocks are quantized
+    again (same bits and block size): every kept weight moves by at most one quantization step
+    of its new block (half a step for asymmetric blocks), and the model stays close to the
+    consumer-zeroed original."""
+    from graphprune.ir import GraphView, quant
+
+    model = load(fmt_q)
+    res = graphprune.prune(model, ratio=0.3, dims="mlp", requantize=True)
+    mlp = [g for g in res.report["groups"] if g["kind"] == "mlp" and not g["frozen_reason"]]
+    assert all(g["size_before"] == 128 and g["size_after"] == 90 for g in mlp)
+    before, after = GraphView(model), GraphView(res.model)
+    for grp in (g for g in res.graph.groups if g.kind == "mlp" and g.id in res.plan.keep):
+        name = next(m.tensor for m in grp.members if "down_proj" in m.tensor)
+        kept = np.flatnonzero(np.isin(grp.unit_of[(name, 1)], res.plan.keep[grp.id]))
+        w_new, w_old = after.const_value(name), before.const_value(name)[:, kept]
+        parts = quant.read_parts(after.consts[name].proto, after.const_value)
+        step = np.repeat(np.abs(parts.scales), 32, axis=1)[:, :len(kept)]
+        bound = 1.0 if "asym" not in fmt_q else 0.5
+        assert np.all(np.abs(w_new - w_old) <= bound * step + 1e-6)
+        assert 0 < np.abs(w_new - w_old).max()  # it was re-quantized, not sliced
+        assert _attrs(_nbits(res.model, "down_proj"))["K"] == 90
+    oracle = zero_consumers(model, res)
+    feeds = cache_feeds(input_specs(model), seq=5, batch=1, past=3)
+    want, out = run(oracle, feeds)["logits"], run(res.model, feeds)["logits"]
+    base = run(model, feeds)["logits"]
+    # measured: 7 % of the logits' norm, against 87-92 % that removing the channels changes
+    assert np.linalg.norm(out - want) < 0.1 * np.linalg.norm(want)
+    assert np.linalg.norm(out - want) < 0.15 * np.linalg.norm(want - base)
+
+
+def test_quantize_round_trip_and_block_slicing():
+    """ir.quant: codes of a weight already on its grid come back unchanged, whole blocks slice
+    exactly, a partial block re-quantizes within one step."""
+    from graphprune.ir import quant
+
+    rng = np.random.default_rng(0)
+    for zp in ("", "zp"):
+        qw = quant.QuantWeight("w::dequantized", "b", "s", zp, 6, 96, 4, 32)
+        p = quant.quantize(rng.standard_normal((6, 96)), qw, {"scales": np.float32,
+                                                              "zp": np.uint8})
+        w = quant.dequantize(p)
+        again = quant.quantize(w, qw, p.dtypes)
+        np.testing.assert_array_equal(again.codes, p.codes)
+        blocks = quant.take(p, 1, np.r_[0:32, 64:96])
+        np.testing.assert_array_equal(quant.dequantize(blocks), w[:, np.r_[0:32, 64:96]])
+        rows = quant.take(p, 0, np.array([1, 4]))
+        np.testing.assert_array_equal(quant.dequantize(rows), w[[1, 4]])
+        cols = np.r_[0:20, 40:96]
+        part = quant.take(p, 1, cols)
+        step = np.repeat(np.abs(part.scales), 32, axis=1)[:, :len(cols)]
+        assert np.all(np.abs(quant.dequantize(part) - w[:, cols]) <= step + 1e-6)
+        z = quant.zeroed(p, 1, np.arange(10, 50))
+        deq = quant.dequantize(z)
+        assert np.all(deq[:, 10:50] == 0) and np.array_equal(deq[:, 50:], w[:, 50:])
+
+
+def test_int4_parameters_count_quantized_elements():
+    from graphprune.analysis.cost import count_params
+    from graphprune.ir import GraphView
+
+    counts = {f: count_params(GraphView(load(f))) for f in ("genai-fp32", "genai-int4",
+                                                           "genai-int4-asym")}
+    assert len(set(counts.values())) == 1, counts  # 108,864: every weight once, tied once
