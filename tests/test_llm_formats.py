@@ -128,6 +128,57 @@ def test_protecting_the_cache_keeps_the_signature():
                if g["kind"] == "head")
 
 
+# --------------------------------------------------------------------------- depth
+def test_drop_blocks_removes_the_cache_pair(fmt):
+    model = load(fmt)
+    res = graphprune.prune(model, ratio=0.0, drop_blocks=2)
+    dropped = [b for b in res.report["blocks"] if b["dropped"]]
+    assert len(res.report["blocks"]) == 2 * LAYERS and len(dropped) == 2
+    attention = sum(b["kind"] == "attention" for b in dropped)
+    names = {c.name for c in cache_tensors(res.model)}
+    assert len(names) == 4 * (LAYERS - attention)
+    removed = {c["name"] for c in res.report["io_changes"] if c["change"] == "removed"}
+    assert len(removed) == 4 * attention
+    specs = input_specs(model)
+    for b, s, p in SIZES:
+        out = run(res.model, res.io.apply(cache_feeds(specs, seq=s, batch=b, past=p)))
+        assert out["logits"].shape == (b, s, 512)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_dropping_an_attention_block_renumbers_the_cache(fmt, layer):
+    """The pair of the dropped layer goes, the other layer's pair is renamed to index 0, and
+    the model computes what the same drop computes with every cache tensor kept."""
+    from graphprune.ir import GraphView
+    from graphprune.pipeline.stages import model_view
+    from graphprune.transforms import depth
+    from graphprune.transforms.cache_io import drop_dead_cache
+
+    model = load(fmt)
+    kept_all, pruned = onnx.ModelProto(), onnx.ModelProto()
+    for m in (kept_all, pruned):
+        m.CopyFrom(model)
+        blocks = [b for b in depth.find_residual_blocks(model_view(m)) if b.kind == "attention"]
+        assert len(blocks) == LAYERS
+        blocks[layer].score = -1.0
+        depth.drop_blocks(m, blocks, 1)
+    io = drop_dead_cache(pruned)
+    assert io.removed == {f"past_key_values.{layer}.{k}" for k in ("key", "value")} | {
+        f"present.{layer}.{k}" for k in ("key", "value")}
+    other = 1 - layer
+    assert io.renamed == ({} if other == 0 else {
+        f"{p}.1.{k}": f"{p}.0.{k}" for p in ("past_key_values", "present") for k in ("key", "value")})
+    assert len(GraphView(pruned).graph_inputs) == len(GraphView(model).graph_inputs) - 2
+    specs = input_specs(model)
+    for b, s, p in SIZES:
+        feeds = cache_feeds(specs, seed=1, seq=s, batch=b, past=p)
+        want = io.apply(run(kept_all, feeds))
+        out = run(pruned, io.apply(feeds))
+        assert list(out) == list(want)
+        for k in want:
+            np.testing.assert_allclose(out[k], want[k], atol=1e-5, err_msg=k)
+
+
 # --------------------------------------------------------------------------- quantized weights
 def _nbits(model, part):
     return next(n for n in model.graph.node if n.op_type == "MatMulNBits" and f"/{part}/" in n.name)

@@ -28,6 +28,7 @@ from ..ir.storage import TWO_GB, approx_bytes
 from ..runtime import validate as runtime_validate
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
+from ..transforms.cache_io import drop_dead_cache
 from ..transforms.compensate import compensate as compensate_plan
 from ..transforms.rewrite import keep_positions, rewrite as rewrite_plan
 from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
@@ -150,6 +151,11 @@ def drop_blocks(state: PruneState) -> None:
              else depth.calibration_feeds(work, state.view, seed=opts.seed))
     depth.score_blocks(work, blocks, feeds, state.runner)
     depth.drop_blocks(work, blocks, opts.drop_blocks)
+    io = drop_dead_cache(work)  # a dropped attention block's KV-cache pair goes with it
+    if io:
+        state.io = io
+        if cal is not None:  # the samples feed what the model now takes
+            cal.feeds = io.apply(cal.feeds)
     state.view = model_view(work)
     state.blocks = blocks
 
