@@ -273,3 +273,118 @@ def test_int4_parameters_count_quantized_elements():
     counts = {f: count_params(GraphView(load(f))) for f in ("genai-fp32", "genai-int4",
                                                            "genai-int4-asym")}
     assert len(set(counts.values())) == 1, counts  # 108,864: every weight once, tied once
+
+
+# --------------------------------------------------------------------------- folders and configs
+def _cli(args):
+    from click.testing import CliRunner
+
+    from graphprune.cli.main import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args] + ["--quiet"])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def test_genai_folder_output_rewrites_the_config(tmp_path):
+    import json
+
+    out = tmp_path / "pruned"
+    rep = tmp_path / "r.json"
+    _cli([LLM / "genai-int4", "--ratio", "0.5", "--dims", "heads,mlp,hidden",
+          "--drop-blocks", "1", "--out-dir", out, "--report", rep])
+    files = sorted(f.name for f in out.iterdir() if not f.name.endswith(".data"))
+    assert files == sorted(["model.onnx", "genai_config.json", "tokenizer.json",
+                            "tokenizer_config.json", "chat_template.jinja"])
+    assert len([f for f in out.iterdir() if f.name.startswith("model.onnx.")]) == 1  # its data
+    src = json.loads((LLM / "genai-int4" / "genai_config.json").read_text())
+    cfg = json.loads((out / "genai_config.json").read_text())
+    report = json.loads(rep.read_text())
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    layers = len({c.layer for c in cache_tensors(model)})
+    dec = cfg["model"]["decoder"]
+    assert dec["num_key_value_heads"] == 1 and dec["num_attention_heads"] == 2
+    assert dec["hidden_size"] == 32 and dec["head_size"] == 16
+    assert dec["num_hidden_layers"] == layers
+    dropped_attention = any(b["dropped"] and b["kind"] == "attention" for b in report["blocks"])
+    assert layers == (1 if dropped_attention else 2)
+    assert cfg["search"] == src["search"] and dec["inputs"] == src["model"]["decoder"]["inputs"]
+    written = {w["file"]: w for w in report["side_files"]["written"]}
+    assert written["genai_config.json"]["changes"]["model.decoder.num_key_value_heads"] == [2, 1]
+    assert written["tokenizer.json"]["action"] == "copied"
+    assert (out / "tokenizer.json").read_bytes() == (LLM / "genai-int4" / "tokenizer.json").read_bytes()
+
+
+def test_optimum_folder_output_rewrites_config_json(tmp_path):
+    import json
+
+    out = tmp_path / "pruned"
+    _cli([LLM / "optimum" / "model.onnx", "--ratio", "0.5", "--dims", "heads,mlp", "--out-dir",
+          out])
+    cfg = json.loads((out / "config.json").read_text())
+    src = json.loads((LLM / "optimum" / "config.json").read_text())
+    assert (cfg["num_key_value_heads"], cfg["num_attention_heads"]) == (1, 2)
+    assert cfg["intermediate_size"] == 64 and cfg["head_dim"] == 16
+    assert {k: v for k, v in cfg.items() if k not in ("num_key_value_heads", "num_attention_heads",
+                                                     "intermediate_size")} == {
+        k: v for k, v in src.items() if k not in ("num_key_value_heads", "num_attention_heads",
+                                                 "intermediate_size")}
+    assert (out / "vocab.json").exists() and (out / "merges.txt").exists()
+
+
+def test_model_file_output_writes_configs_beside_it_elsewhere_only(tmp_path):
+    import json
+
+    rep = tmp_path / "r.json"
+    _cli([LLM / "genai-fp32" / "model.onnx", "--ratio", "0.5", "--dims", "heads", "-o",
+          tmp_path / "small.onnx", "--report", rep])
+    cfg = json.loads((tmp_path / "genai_config.json").read_text())
+    assert cfg["model"]["decoder"]["filename"] == "small.onnx"
+    assert cfg["model"]["decoder"]["num_key_value_heads"] == 1
+    assert not (tmp_path / "tokenizer.json").exists()  # a folder output copies those
+
+
+def test_folder_output_refuses_the_input_folder(tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from graphprune.cli.main import main
+
+    src = tmp_path / "m"
+    shutil.copytree(LLM / "genai-fp32", src)
+    before = sorted(f.name for f in src.iterdir())
+    r = CliRunner().invoke(main, [str(src), "--ratio", "0.5", "--out-dir", str(src)])
+    assert r.exit_code == 2 and "input's folder" in r.output
+    assert sorted(f.name for f in src.iterdir()) == before
+
+
+def _genai():
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        pytest.skip("onnxruntime-genai is not installed (pip install onnxruntime-genai)")
+    return og
+
+
+@pytest.mark.parametrize("fmt_g", ["genai-fp32", "genai-int4"])
+def test_onnxruntime_genai_generates_from_the_pruned_folder(tmp_path, fmt_g):
+    """onnxruntime_genai.Model loads the pruned folder and its greedy tokens are those of the
+    pruned model decoded on its cache in plain ONNX Runtime."""
+    og = _genai()
+    from graphprune.runtime.llm import ort_generate
+
+    out = tmp_path / "pruned"
+    _cli([LLM / fmt_g, "--ratio", "0.5", "--dims", "heads,mlp", "--drop-blocks", "1",
+          "--out-dir", out])
+    model = og.Model(str(out))
+    tok = og.Tokenizer(model)
+    ids = [int(t) for t in tok.encode("The capital of France is")]
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 8, batch_size=1)
+    gen = og.Generator(model, params)
+    gen.append_tokens([ids])
+    while not gen.is_done():
+        gen.generate_next_token()
+    got = [int(t) for t in gen.get_sequence(0)][len(ids):]
+    assert got == ort_generate(str(out / "model.onnx"), ids, max_new=8)

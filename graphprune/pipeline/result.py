@@ -64,6 +64,15 @@ class PruneResult:
         """Write the plan (every group's kept units and the model's fingerprint) as JSON."""
         return self.prune_plan.save(path)
 
+    def save_folder(self, folder: str | os.PathLike, external_data: bool = False) -> Path:
+        """Write a complete model folder: the pruned model under the input's file name, the
+        configuration files beside the input (genai_config.json, config.json) rewritten to
+        the pruned sizes, and the input folder's other files (tokenizer, ...) copied. See
+        `graphprune.pipeline.folder`."""
+        from .folder import save_folder
+
+        return save_folder(self, folder, external_data=external_data)
+
     def save(self, path: str | os.PathLike, external_data: bool = False,
              outputs: OutputSet | None = None) -> Path:
         """Write the model (and its data file) at `path`. With `outputs`, the files are staged
