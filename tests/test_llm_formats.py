@@ -388,3 +388,23 @@ def test_onnxruntime_genai_generates_from_the_pruned_folder(tmp_path, fmt_g):
         gen.generate_next_token()
     got = [int(t) for t in gen.get_sequence(0)][len(ids):]
     assert got == ort_generate(str(out / "model.onnx"), ids, max_new=8)
+
+
+# --------------------------------------------------------------------------- perplexity
+def test_perplexity_and_generation_on_the_cache_equal_a_run_without_it(fmt):
+    """Prefill with an empty past, then one token per step on the presents fed back: the
+    same logits as whole windows, so the same perplexity and greedy tokens (pruned too)."""
+    from graphprune.runtime.llm import Decoder, perplexity
+
+    model = load(fmt)
+    res = graphprune.prune(model, ratio=0.5, dims="heads,mlp")
+    windows = np.random.default_rng(0).integers(3, 512, size=(3, 10)).astype(np.int64)
+    for m in (model, res.model):
+        dec = Decoder(m)
+        assert dec.cache
+        np.testing.assert_allclose(dec.incremental(windows, prefill=3), dec.logits(windows),
+                                   atol=1e-4, rtol=1e-4)
+        assert perplexity(dec.incremental, windows) == pytest.approx(
+            perplexity(dec.logits, windows), rel=1e-5)
+        prompt = windows[0, :5].tolist()
+        assert dec.generate(prompt, 6) == dec.generate(prompt, 6, use_cache=False)
