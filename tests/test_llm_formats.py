@@ -408,3 +408,39 @@ def test_perplexity_and_generation_on_the_cache_equal_a_run_without_it(fmt):
             perplexity(dec.logits, windows), rel=1e-5)
         prompt = windows[0, :5].tolist()
         assert dec.generate(prompt, 6) == dec.generate(prompt, 6, use_cache=False)
+
+
+# --------------------------------------------------------------------------- calibration
+TEXT = ("The capital of France is Paris. A tokenizer cuts text into pieces, and the model "
+        "predicts the next piece from the ones before it. ") * 12
+
+
+@pytest.mark.parametrize("criterion", ["amp", "flap", "wanda", "obspa"])
+def test_calibrated_criteria_and_depth_scoring_on_text(fmt, criterion, tmp_path):
+    """--calib-text on a KV-cache model: the windows go in with an empty past; every
+    calibrated criterion finds its consumers (MatMulNBits ones too) with statistics, and
+    compensation writes the quantized weights back."""
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT)
+    model = load(fmt)
+    res = graphprune.prune(model, criterion=criterion, dims="heads,mlp", target_params=0.3,
+                           drop_blocks=1, calib_text=str(text),
+                           tokenizer=str(LLM / fmt / "tokenizer.json"), seq_len=16)
+    cal = res.report["calibration"]
+    assert cal["calibrated"] and cal["consumers"] >= 2 and not cal["notes"], cal
+    assert sum(b["dropped"] for b in res.report["blocks"]) == 1
+    removed = 1 - res.report["params"]["after"] / res.report["params"]["before"]
+    assert 0.2 < removed < 0.45, removed
+    specs = input_specs(model)
+    for b, s, p in SIZES:
+        out = run(res.model, res.io.apply(cache_feeds(specs, seq=s, batch=b, past=p)))
+        assert np.isfinite(out["logits"]).all() and out["logits"].shape == (b, s, 512)
+
+
+def test_target_params_is_met_with_shared_rotary_tables():
+    """GenAI shares one cos/sin cache across layers: the analysis' private copies of it do
+    not count towards --target-params (a folder path is its model file)."""
+    res = graphprune.prune(str(LLM / "genai-fp32"), dims="mlp", target_params=0.3)
+    removed = 1 - res.report["params"]["after"] / res.report["params"]["before"]
+    assert abs(removed - 0.3) < 0.005, removed  # counting the copies: 0.319
+    assert res.report["input"].endswith("model.onnx")

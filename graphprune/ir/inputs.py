@@ -105,10 +105,12 @@ def random_feeds(specs: list[InputSpec], seed: int = 0, dynamic: int = 1,
                  batch: int = 1, past: int | None = None) -> dict[str, np.ndarray]:
     """Seeded random feeds for `specs` (see the module docstring). For a decoder with a KV
     cache, `dynamic` is the number of current tokens and `past` the past length (default
-    dynamic // 2)."""
+    dynamic // 2 for one sequence, 0 (a prefill) for a batch: GroupQueryAttention takes a
+    past with several current tokens only for batch 1)."""
     if has_cache(specs):
-        return cache_feeds(specs, seed, seq=dynamic, batch=batch,
-                           past=dynamic // 2 if past is None else past)
+        if past is None:
+            past = dynamic // 2 if batch == 1 else 0
+        return cache_feeds(specs, seed, seq=dynamic, batch=batch, past=past)
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in specs:

@@ -96,13 +96,19 @@ def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
 
 def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
              seed: int = 0, calib_name: str | None = None, shapes: dict | None = None,
-             provider: str = DEFAULT_PROVIDER) -> dict:
+             provider: str = DEFAULT_PROVIDER, io=None) -> dict:
     """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring.
-    `shapes` fixes the dims of named inputs of the random samples."""
+    `shapes` fixes the dims of named inputs of the random samples. `io` (a
+    `graphprune.ir.cache.IoChanges`): how the pruned model's inputs and outputs differ (a KV
+    cache's heads): both are compared on what the pruned model keeps."""
     original, pruned = _proto(original), _proto(pruned)
     osess, psess = session(original, provider=provider), session(pruned, provider=provider)
     feeds = batches(original, calib, samples, seed, shapes)
-    ref, out = run_all(osess, feeds), run_all(psess, feeds)
+    ref = run_all(osess, feeds)
+    if io:
+        out, ref = run_all(psess, [io.apply(f) for f in feeds]), io.apply(ref)
+    else:
+        out = run_all(psess, feeds)
     res = compare_outputs(ref, out, use_top1=calib is not None)
     n = sum(len(next(iter(f.values()))) if f else 1 for f in feeds)
     res["inputs"] = f"calib:{calib_name}" if calib is not None else "random"
