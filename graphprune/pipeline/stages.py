@@ -246,10 +246,10 @@ def rewrite(state: PruneState) -> None:
     counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
     restore_input_shapes(state.source.work, state.input_types)
     state.counts, state.shapes_after = counts, shapes
-    if resized or state.io:
-        io = state.io or IoChanges()
-        io.kept.update(resized)
-        state.io = io
+    if resized or state.io:  # a new object: a sweep's forks share the depth stage's one
+        prev = state.io or IoChanges()
+        state.io = IoChanges(kept={**prev.kept, **resized}, removed=set(prev.removed),
+                             renamed=dict(prev.renamed))
 
 
 def cost_after(state: PruneState) -> None:

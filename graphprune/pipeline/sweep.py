@@ -105,7 +105,7 @@ def _ratio_job(shared: dict, ratio: float) -> tuple[dict, bytes]:
     res = result_of(run_stages(fork(base, ratio), PIPELINE[_index("score") + 1:]))
     opts = base.options
     fid = fidelity(original, res.model, calib=calib, seed=seed, calib_name=shared["calib_name"],
-                   shapes=opts.input_shapes, provider=opts.provider)
+                   shapes=opts.input_shapes, provider=opts.provider, io=res.io)
     row = {"ratio": ratio, "params": res.report["params"]["after"],
            "macs": res.report["macs"]["after"],
            "macs_ratio": shared["macs"] / max(res.report["macs"]["after"], 1),
