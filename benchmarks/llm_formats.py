@@ -12,7 +12,9 @@ Usage::
 For every format (the plain dynamo export without a cache, the ONNX Runtime GenAI builder's
 fp32 and int4 folders, Optimum's export with past) and every setting (unpruned;
 ``--dims heads,mlp --target-params 0.2 --criterion amp`` calibrated on ``--calib-text``;
-``--ratio 0 --drop-blocks 4`` scored on the same text; int4 also with ``--requantize``), the
+``--ratio 0 --drop-blocks 4`` scored on the same text; int4 also with ``--whole-blocks``, and
+the default prune's units zeroed in the unpruned int4 model instead of removed, which is the
+same prune without the re-quantization of partial blocks: the error re-quantizing adds), the
 model is pruned into a folder (``-o DIR/``), loaded by ONNX Runtime and scored on held-apart
 text with the perplexity setup of ``benchmarks/llm_perplexity.py`` (256-token windows, each
 from an empty past); GenAI folders also generate "The capital of France is" with
@@ -115,9 +117,12 @@ def main(argv=None) -> dict:
     rows = []
     for fmt in [f for f in a.only.split(",") if f]:
         src = model_path(fmt, a.formats)
-        extra = [(f"{a.criterion} -{a.params:.0%} params --requantize",
+        width = f"{a.criterion} -{a.params:.0%} params"
+        extra = [(width + " --whole-blocks",
                   dict(criterion=a.criterion, dims="heads,mlp", target_params=a.params,
-                       requantize=True))] if "int4" in fmt else []
+                       requantize=False)),
+                 (width + ", units zeroed (no re-quantization)", "zeroed")] if "int4" in fmt else []
+        last = None
         for name, opts in settings[:2] + extra + settings[2:]:
             if (fmt, name) in old:
                 rows.append(old[(fmt, name)])
@@ -127,10 +132,20 @@ def main(argv=None) -> dict:
             if opts is None:
                 path = src if src.is_file() else model_in(src)
                 row["params"] = None
+            elif opts == "zeroed":  # the last width prune's units zeroed, nothing removed
+                import onnx
+
+                sys.path.insert(0, str(ROOT / "tests"))
+                from helpers import zero_consumers
+
+                path = zero_consumers(onnx.load(str(model_in(src))), last)
+                row["params"] = last.report["params"]["before"]
             else:
                 res = graphprune.prune(str(src), **opts, **common)
                 out = a.work / f"{fmt}.{name.replace(' ', '_').replace('%', '')}"
                 path = res.save_folder(out)
+                if "target_params" in opts and opts.get("requantize", True):
+                    last = res
                 r = res.report
                 row.update(params=r["params"]["after"], params_before=r["params"]["before"],
                            prune_s=round(time.time() - t, 1),
@@ -141,11 +156,11 @@ def main(argv=None) -> dict:
                            side_files=r.get("side_files"),
                            input_faults=len(r.get("input_faults") or []))
             t = time.time()
-            dec = Decoder(str(path))  # ONNX Runtime loads it: valid
+            dec = Decoder(path if not isinstance(path, Path) else str(path))  # ORT loads it
             row["ppl"] = round(perplexity(dec.logits, windows), 3)
             row["eval_s"] = round(time.time() - t, 1)
             row["ort_generation"] = decode(dec.generate(encode(PROMPT), a.max_new))
-            if (path.parent / "genai_config.json").is_file():
+            if isinstance(path, Path) and (path.parent / "genai_config.json").is_file():
                 row["genai_generation"] = genai_generate(path.parent, PROMPT, a.max_new)
             rows.append(row)
             with done.open("a") as f:
@@ -172,7 +187,7 @@ def markdown(result: dict) -> str:
              "÷ unpruned (same format) | greedy continuation |",
              "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        same = plain.get(r["setting"].replace(" --requantize", ""))
+        same = plain.get(r["setting"].split(" --")[0].split(",")[0])
         params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else "–"
         gen = r.get("genai_generation") or r["ort_generation"]
         lines.append(f"| {r['format']} | {r['setting']} | {params} | {r['ppl']:.2f} | "

@@ -36,12 +36,12 @@ def has_attention(view: GraphView) -> bool:
                or n.op_type in ATTENTION_OPS for n in view.graph.node)
 
 
-def policy_for(attention: bool, dims, requantize: bool = False) -> Policy:
+def policy_for(attention: bool, dims, requantize: bool = True) -> Policy:
     """The policy for a graph: with attention, splitting reshapes make heads (frozen unless
     heads are selected), norms may shrink when the hidden size is selected and so does a KV
     cache's head axis with the heads; without attention a split axis is a channel shuffle
-    (minor part) and norms never shrink. Block-quantized weights lose whole blocks of their
-    contraction axis unless `requantize`."""
+    (minor part) and norms never shrink. Block-quantized weights lose single positions of
+    their contraction axis (re-quantized) unless `requantize` is False (whole blocks)."""
     if not attention:
         return Policy(requantize=requantize)
     return Policy(split="major" if "heads" in dims else "block",
@@ -49,14 +49,14 @@ def policy_for(attention: bool, dims, requantize: bool = False) -> Policy:
                   requantize=requantize)
 
 
-def analyze(view: GraphView, progress=None, dims=KINDS, requantize: bool = False
+def analyze(view: GraphView, progress=None, dims=KINDS, requantize: bool = True
             ) -> DependencyGraph:
     """Build the dependency graph of a model and split it into groups.
 
     `dims` selects the kinds of groups that may be pruned: channels (convolutions), heads
     (attention heads), mlp (transformer intermediate widths), hidden (the residual stream).
-    `requantize` lets block-quantized weights lose single positions of their contraction axis
-    (re-quantizing the blocks) instead of whole blocks only.
+    `requantize`: block-quantized weights lose single positions of their contraction axis
+    (re-quantizing the blocks); False: whole quantization blocks only (byte-exact).
     """
     dg = DependencyGraph(view)
     dg.has_attention = has_attention(view)

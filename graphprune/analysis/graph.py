@@ -86,7 +86,7 @@ class Policy:
     split: str = "minor"
     approximate_norms: bool = False
     cache_heads: bool = False
-    requantize: bool = False
+    requantize: bool = True
 
 
 class DependencyGraph:

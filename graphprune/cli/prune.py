@@ -114,9 +114,10 @@ PRUNE_OPTIONS = [
                       "--calib data for classifiers, else 1 - cosine)."),
     click.option("--min-speedup", type=float, default=None,
                  help="Gate (implies --benchmark): exit 1 when measured speedup < Y."),
-    click.option("--requantize", is_flag=True,
-                 help="Block-quantized weights (MatMulNBits) may lose single input positions; "
-                      "their blocks are quantized again (default: whole blocks only, exact)."),
+    click.option("--whole-blocks", "whole_blocks", is_flag=True,
+                 help="Block-quantized weights (MatMulNBits) lose only whole quantization "
+                      "blocks of their input axis (byte-exact) instead of single positions "
+                      "whose blocks are quantized again."),
 ]
 
 
@@ -199,7 +200,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
               ratio_for, max_ratio, round_to, min_keep, protect, protect_op, allow_unmatched,
               steps, plan, input_shapes, provider, external_data, seed, calib, calib_random,
               calib_text, tokenizer, seq_len, preprocess, labels, compensate, benchmark,
-              threads, repeats, max_drop, min_speedup, requantize=False) -> tuple[dict, list]:
+              threads, repeats, max_drop, min_speedup, whole_blocks=False) -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
     check the calibration data, prune, measure, then write the model, its data file, the
     configuration and tokenizer files beside it (a model folder with `out_dir`) and the
@@ -228,7 +229,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, in_memory=measure, defer_validation=not measure,
-                requantize=requantize,
+                requantize=not whole_blocks,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
                                  steps))

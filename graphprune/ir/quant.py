@@ -165,7 +165,49 @@ def take(p: Parts, axis: int, pos: np.ndarray) -> Parts:
         cols = np.concatenate([np.arange(b * bs, (b + 1) * bs) for b in blocks])
         return Parts(p.codes[:, cols], p.scales[:, blocks], p.zp[:, blocks], len(pos), p.qw, {},
                      p.dtypes)
-    return quantize(dequantize(p)[:, pos], p.qw, p.dtypes)
+    return requantize(p, pos)
+
+
+def requantize(p: Parts, pos: np.ndarray) -> Parts:
+    """The weight's K positions `pos` in new blocks of the same size, each quantized on the
+    grid that loses least: the (scale, zero point) of one of the old blocks its values come
+    from (on which they are exact, if they all come from that block) or a fresh one. An old
+    grid is used only when it keeps every value as close as a fresh quantization would (one
+    step symmetric, half a step asymmetric): no value is clipped."""
+    w = dequantize(p)[:, pos].astype(np.float64)
+    best = quantize(w, p.qw, p.dtypes)
+    n, k = w.shape
+    bs, hi = p.qw.block, (1 << p.qw.bits) - 1
+    nb = -(-k // bs)
+    x = np.zeros((n, nb * bs))
+    x[:, :k] = w
+    x = x.reshape(n, nb, bs)
+    old = np.full(nb * bs, -1, dtype=np.int64)
+    old[:k] = pos // bs
+    old = old.reshape(nb, bs)
+    limit = 0.5 if p.qw.zero_points else 1.0
+    err, _ = _block_error(x, best.scales.astype(np.float64), best.zp, hi)
+    scales, zp = best.scales.astype(np.float64).copy(), best.zp.copy()
+    for j in range(bs):  # candidate: the old block of the j-th value of every new block
+        src = np.where(old[:, j] >= 0, old[:, j], old[:, 0])
+        s_c, z_c = p.scales[:, src].astype(np.float64), p.zp[:, src]
+        e, worst = _block_error(x, s_c, z_c, hi)
+        better = (e < err) & (worst <= limit * np.abs(s_c) * (1 + 1e-6))
+        scales[better], zp[better], err[better] = s_c[better], z_c[better], e[better]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(scales[..., None] != 0, np.round(x / scales[..., None]), 0.0)
+    codes = np.clip(q + zp[..., None], 0, hi).astype(np.uint8).reshape(n, nb * bs)
+    return Parts(codes, scales.astype(p.dtypes["scales"]), zp, k, p.qw, {}, p.dtypes)
+
+
+def _block_error(x: np.ndarray, scales: np.ndarray, zp: np.ndarray, hi: int):
+    """Squared and largest error of quantizing blocks x [n, blocks, block] with one (scale,
+    zero point) each."""
+    s = scales[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s != 0, np.round(x / s), 0.0)
+    d = np.abs((np.clip(q + zp[..., None], 0, hi) - zp[..., None]) * s - x)
+    return (d ** 2).sum(axis=2), d.max(axis=2)
 
 
 def zeroed(p: Parts, axis: int, pos: np.ndarray) -> Parts:

@@ -63,9 +63,9 @@ class PruneOptions:
     input_shapes: object = None
     # ONNX Runtime execution provider of calibration and validation runs (cpu, cuda, ...)
     provider: str = "CPUExecutionProvider"
-    # block-quantized weights (MatMulNBits): let their contraction axis lose single positions,
-    # re-quantizing the blocks they leave (else only whole quantization blocks go, exactly)
-    requantize: bool = False
+    # block-quantized weights (MatMulNBits): their contraction axis loses single positions and
+    # the blocks left are quantized again; False: only whole quantization blocks go (exact)
+    requantize: bool = True
 
     def check(self) -> None:
         if isinstance(self.dims, str):
