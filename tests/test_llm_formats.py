@@ -446,3 +446,15 @@ def test_target_params_is_met_with_shared_rotary_tables():
     removed = 1 - res.report["params"]["after"] / res.report["params"]["before"]
     assert abs(removed - 0.3) < 0.005, removed  # counting the copies: 0.319
     assert res.report["input"].endswith("model.onnx")
+
+
+def test_steps_compose_the_cache_heads_kept(tmp_path):
+    """--steps: each round shrinks the cache again; validation and the report compare the
+    kept heads of the original."""
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT)
+    res = graphprune.prune(load("genai-fp32"), ratio=0.5, dims="heads,mlp", steps=2,
+                           criterion="obspa", calib_text=str(text), seq_len=16,
+                           tokenizer=str(LLM / "genai-fp32" / "tokenizer.json"))
+    axis, pos = res.io.kept["past_key_values.0.key"]
+    assert axis == 1 and len(pos) == 1 and res.report["fidelity"]

@@ -30,7 +30,7 @@ from ..runtime.probe import probe_shapes
 from ..transforms import depth
 from ..transforms.cache_io import drop_dead_cache
 from ..transforms.compensate import compensate as compensate_plan
-from ..transforms.rewrite import keep_positions, rewrite as rewrite_plan
+from ..transforms.rewrite import keep_positions, resize_graph_io, rewrite as rewrite_plan
 from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
@@ -245,11 +245,15 @@ def rewrite(state: PruneState) -> None:
     counts, shapes, resized = rewrite_plan(state.view, state.graph, state.plan)
     counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
     restore_input_shapes(state.source.work, state.input_types)
+    if resized and state.input_types:  # a cache input given --input-shapes keeps its new size
+        resize_graph_io(state.source.work, {(n, a): pos for n, (a, pos) in resized.items()})
     state.counts, state.shapes_after = counts, shapes
     if resized or state.io:  # a new object: a sweep's forks share the depth stage's one
         prev = state.io or IoChanges()
-        state.io = IoChanges(kept={**prev.kept, **resized}, removed=set(prev.removed),
-                             renamed=dict(prev.renamed))
+        kept = dict(prev.kept)
+        for name, (axis, pos) in resized.items():  # a later --steps round: compose positions
+            kept[name] = (axis, kept[name][1][pos] if name in kept else pos)
+        state.io = IoChanges(kept=kept, removed=set(prev.removed), renamed=dict(prev.renamed))
 
 
 def cost_after(state: PruneState) -> None:

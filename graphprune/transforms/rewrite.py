@@ -118,6 +118,7 @@ class Rewriter:
         for n in self.model.graph.node:
             self._names.update(n.output)
             self._names.update(n.input)
+            self._names.add(n.name)  # new nodes get fresh names too (a later --steps round)
 
     # ----------------------------------------------------------------- helpers
     def original_const(self, name: str) -> np.ndarray | None:
