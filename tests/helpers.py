@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 from graphprune.runtime import session as ortb
 from graphprune.ops.registry import ROLE_IN
-from graphprune.ir import GraphView
+from graphprune.ir import GraphView, quant
 from graphprune.transforms.untie import untie_shared_constants
 
 
@@ -31,6 +31,7 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
     view = GraphView(m)
     dg, plan = result.graph, result.plan
     edits: dict[str, np.ndarray] = {}
+    parts: dict[str, quant.Parts] = {}
     for gid, kept in plan.keep.items():
         grp = dg.groups[gid]
         for mem in grp.members:
@@ -40,6 +41,11 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
             drop = np.flatnonzero(~np.isin(units, kept))
             if not len(drop):
                 continue
+            c = view.consts.get(mem.tensor)
+            if c is not None and c.kind == "quantized":  # codes set to the zero point: exact 0
+                p = parts.get(mem.tensor) or quant.read_parts(c.proto, view.const_value)
+                parts[mem.tensor] = quant.zeroed(p, mem.axis, drop)
+                continue
             val = edits.get(mem.tensor)
             if val is None:
                 val = np.array(view.const_value(mem.tensor))
@@ -47,6 +53,12 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
             idx[mem.axis] = drop
             val[tuple(idx)] = zero_of(view, mem.tensor, val)[tuple(idx)]
             edits[mem.tensor] = val
+    for name, p in parts.items():
+        qw = view.consts[name].proto
+        ranks = {"codes": len(view.consts[qw.codes].shape),
+                 "scales": len(view.consts[qw.scales].shape),
+                 "zp": len(view.consts[qw.zero_points].shape) if qw.zero_points else 0}
+        edits.update(quant.stored(p, ranks))
     for name, val in edits.items():
         c = view.consts[name]
         tensor = numpy_helper.from_array(val.astype(c.dtype), name)

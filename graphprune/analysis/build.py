@@ -12,6 +12,7 @@ import networkx as nx
 import numpy as np
 
 from ..ir import GraphView, subgraph_outer_names
+from ..ir.cache import HEAD_AXIS, cache_tensors
 from ..ops.registry import ROLE_IN, ROLE_OUT, lookup
 from .context import AnalyzeContext
 from .graph import DependencyGraph, DimNode, Policy
@@ -36,32 +37,43 @@ def has_attention(view: GraphView) -> bool:
                or n.op_type in ATTENTION_OPS for n in view.graph.node)
 
 
-def policy_for(attention: bool, dims) -> Policy:
+def policy_for(attention: bool, dims, requantize: bool = True) -> Policy:
     """The policy for a graph: with attention, splitting reshapes make heads (frozen unless
-    heads are selected) and norms may shrink when the hidden size is selected; without
-    attention a split axis is a channel shuffle (minor part) and norms never shrink."""
+    heads are selected), norms may shrink when the hidden size is selected and so does a KV
+    cache's head axis with the heads; without attention a split axis is a channel shuffle
+    (minor part) and norms never shrink. Block-quantized weights lose single positions of
+    their contraction axis (re-quantized) unless `requantize` is False (whole blocks)."""
     if not attention:
-        return Policy()
+        return Policy(requantize=requantize)
     return Policy(split="major" if "heads" in dims else "block",
-                  approximate_norms="hidden" in dims)
+                  approximate_norms="hidden" in dims, cache_heads="heads" in dims,
+                  requantize=requantize)
 
 
-def analyze(view: GraphView, progress=None, dims=KINDS) -> DependencyGraph:
+def analyze(view: GraphView, progress=None, dims=KINDS, requantize: bool = True
+            ) -> DependencyGraph:
     """Build the dependency graph of a model and split it into groups.
 
     `dims` selects the kinds of groups that may be pruned: channels (convolutions), heads
     (attention heads), mlp (transformer intermediate widths), hidden (the residual stream).
+    `requantize`: block-quantized weights lose single positions of their contraction axis
+    (re-quantizing the blocks); False: whole quantization blocks only (byte-exact).
     """
     dg = DependencyGraph(view)
     dg.has_attention = has_attention(view)
-    dg.policy = policy_for(dg.has_attention, dims)
+    dg.policy = policy_for(dg.has_attention, dims, requantize)
     merges: list = []
-    for name in view.graph_inputs:
-        dg.add_tensor(name)
-        dg.block_tensor(name, f"graph input '{name}'")
-    for name in view.graph_outputs:
-        dg.add_tensor(name)
-        dg.block_tensor(name, f"graph output '{name}'")
+    cache = {t.name for t in cache_tensors(view.model)} if dg.policy.cache_heads else set()
+    for names, what in ((view.graph_inputs, "graph input"), (view.graph_outputs, "graph output")):
+        for name in names:
+            dg.add_tensor(name)
+            if name in cache:  # the exception: a KV cache's head axis follows the heads
+                dg.cache_io[name] = HEAD_AXIS
+                for a in range(view.rank(name) or 0):
+                    if a != HEAD_AXIS:
+                        dg.block((name, a), f"{what} '{name}'")
+            else:
+                dg.block_tensor(name, f"{what} '{name}'")
     for node in view.graph.node:
         for n in list(node.input) + list(node.output):
             if n:

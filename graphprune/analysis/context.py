@@ -173,6 +173,14 @@ class AnalyzeContext:
         else:
             exact()
 
+    def quantization_blocks(self, name: str, axis: int, block: int, whole_blocks) -> None:
+        """Positions of this axis share quantization parameters in blocks of `block`: removing
+        some positions of a block means re-quantizing its other values (an approximation).
+        `whole_blocks()` states the couplings under which only whole blocks go (exact); the
+        policy picks."""
+        if not self.dg.policy.requantize:
+            whole_blocks()
+
     def mark_heads(self, name: str, axis: int) -> None:
         """This axis enumerates attention heads (a fused attention op's head axis)."""
         self.dg.head_axes.add((name, axis))

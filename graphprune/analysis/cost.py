@@ -79,8 +79,11 @@ def is_param(view: GraphView, name: str) -> bool:
 
 def count_params(view: GraphView) -> int:
     """Elements of every parameter (see `is_param`): initializers, Constant and
-    ConstantOfShape values, of every weight dtype (fp32/fp16/bf16, int8/uint8/int4, ...)."""
-    return int(sum(c.numel for name, c in view.consts.items() if is_param(view, name)))
+    ConstantOfShape values, of every weight dtype (fp32/fp16/bf16, int8/uint8/int4, ...); a
+    block-quantized weight counts its logical N x K elements, not its packed bytes, scales or
+    zero points."""
+    return int(sum(c.numel for name, c in view.consts.items()
+                   if name not in view.quant_storage and is_param(view, name)))
 
 
 def count_macs(view: GraphView) -> int:

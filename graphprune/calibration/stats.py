@@ -85,12 +85,21 @@ class Consumer:
 
 
 def find_consumers(dg: DependencyGraph) -> list[Consumer]:
-    """Every Conv/Gemm/MatMul whose constant weight has a ROLE_IN axis in a prunable group."""
+    """Every Conv/Gemm/MatMul whose constant weight has a ROLE_IN axis in a prunable group
+    (and every MatMulNBits: its logical weight W [N, K] is the matrix, K the input axis)."""
     view = dg.view
     in_members = {(m.tensor, m.axis) for g in dg.prunable_groups() for m in g.members
                   if m.role == ROLE_IN}
     out = []
     for node in view.graph.node:
+        qw = view.quantized(node) if node.op_type == "MatMulNBits" else None
+        if qw is not None and view.rank(node.input[0]):
+            ins = list(node.input) + [""] * 6
+            c = Consumer(node, "MatMulNBits", node.input[0], view.rank(node.input[0]) - 1,
+                         qw.name, 1, ins[5], 0)
+            if (c.w, c.w_axis) in in_members:
+                out.append(c)
+            continue
         if node.domain not in ("", "ai.onnx"):
             continue
         c = None

@@ -13,6 +13,7 @@ from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
 from ..ir.files import check_outputs
 from ..ir.writer import OutputSet
+from ..pipeline.folder import check_out_dir, make_out_dir, model_file, stage_side_files
 from .app import EXIT_GATE, emit, fail, main, setup_logging
 from .recipe import config_option, deprecated_global, merge_global
 
@@ -117,6 +118,10 @@ PRUNE_OPTIONS = [
                       "--calib data for classifiers, else 1 - cosine)."),
     click.option("--min-speedup", type=float, default=None,
                  help="Gate (implies --benchmark): exit 1 when measured speedup < Y."),
+    click.option("--whole-blocks", "whole_blocks", is_flag=True,
+                 help="Block-quantized weights (MatMulNBits) lose only whole quantization "
+                      "blocks of their input axis (byte-exact) instead of single positions "
+                      "whose blocks are quantized again."),
 ]
 
 
@@ -144,11 +149,15 @@ def _progress(quiet: bool):
 
 @main.command("prune")
 @config_option("prune")
-@click.argument("model", type=_FILE)
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("out", type=_OUT, required=False)
 @click.option("-o", "--output", type=_OUT, default=None,
               help="Output file (default: MODEL.pruned.onnx beside the input; or give it as "
                    "the second argument).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a complete model folder instead: the model under its input name, "
+                   "the genai_config.json / config.json beside the input rewritten to the "
+                   "pruned sizes and the input folder's other files (tokenizer, ...) copied.")
 @prune_options
 @click.option("--report", type=_OUT, default=None, help="Write the JSON report here.")
 @click.option("--html", "html_out", type=_OUT, default=None,
@@ -158,19 +167,24 @@ def _progress(quiet: bool):
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, debug,
+def prune_cmd(model, out, output, out_dir, report, html_out, save_plan, quiet, as_json, debug,
               **options):
-    """Prune MODEL and write a smaller, valid ONNX model (to OUT, or -o)."""
+    """Prune MODEL (a model file or folder) and write a smaller, valid ONNX model (to OUT,
+    -o, or a model folder with --out-dir)."""
     setup_logging(debug)
     t0 = time.perf_counter()
     merge_global(options)
     if out is not None and output is not None and out != output:
         fail(f"two outputs given: {out} and -o {output}", debug)
-    out = out or output or str(default_output(model))
     try:
+        model = model_file(model)
+        if out_dir is not None and (out or output):
+            raise UserError("give either OUT / -o or --out-dir, not both")
+        out = str(out_dir / model.name) if out_dir is not None else (
+            out or output or str(default_output(model)))
         r, gates = run_prune(model, out, report=report, html_out=html_out, save_plan=save_plan,
                              progress=_progress(quiet or as_json), quiet=quiet or as_json,
-                             **options)
+                             out_dir=out_dir, **options)
     except UserError as e:
         fail(str(e), debug)
     except ValidationError as e:
@@ -185,22 +199,30 @@ def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, d
 
 
 def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
-              progress=None, quiet: bool = True, *, ratio, criterion, dims, drop_blocks,
-              global_rank, target_params, target_macs, ratio_for, max_ratio, round_to,
-              min_keep, protect, protect_op, allow_unmatched, steps, plan, input_shapes,
-              input_values, provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
-              seq_len, preprocess, labels, compensate, benchmark, threads, repeats, max_drop,
-              min_speedup) -> tuple[dict, list]:
+              progress=None, quiet: bool = True, out_dir: Path | None = None, *, ratio,
+              criterion, dims, drop_blocks, global_rank, target_params, target_macs,
+              ratio_for, max_ratio, round_to, min_keep, protect, protect_op, allow_unmatched,
+              steps, plan, input_shapes, input_values, provider, external_data, seed, calib,
+              calib_random, calib_text, tokenizer, seq_len, preprocess, labels, compensate,
+              benchmark, threads, repeats, max_drop, min_speedup,
+              whole_blocks=False) -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
-    check the calibration data, prune, measure, then write the model, its data file and the
-    reports together (see `graphprune.ir.writer`). Returns the report and the gates (also what
-    a `graphprune batch` job returns)."""
+    check the calibration data, prune, measure, then write the model, its data file, the
+    configuration and tokenizer files beside it (a model folder with `out_dir`) and the
+    reports together (see `graphprune.ir.writer`). Returns the report and the gates (also
+    what a `graphprune batch` job returns)."""
     from ..pipeline.pipeline import prune
 
     measure = bool(calib or html_out or benchmark or max_drop is not None
                    or min_speedup is not None)
     _check_numbers(max_drop, min_speedup, calib_random, seq_len, threads, repeats)
-    inputs = check_outputs(model, out, tuple(p for p in (report, html_out, save_plan) if p))
+    others = tuple(p for p in (report, html_out, save_plan) if p)
+    if out_dir is not None:
+        check_out_dir(model, out_dir)
+    if out_dir is not None and not out_dir.exists():  # made when the files are committed
+        inputs = check_outputs(model, out_dir.parent / f".{model.name}", others)
+    else:
+        inputs = check_outputs(model, out, others)
     cal = _load_calib(model, calib, preprocess, labels, seed) if calib is not None else None
     if criterion is None and plan is None:
         criterion = "magnitude"
@@ -214,6 +236,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, in_memory=measure, defer_validation=not measure,
+                requantize=not whole_blocks,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
                                  steps))
@@ -224,7 +247,10 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                          input_shapes)
     # every artifact is rendered and staged first; they land together or not at all
     with OutputSet(protect=inputs) as outputs:
+        if out_dir is not None:
+            make_out_dir(outputs, out_dir)
         res.save(out, external_data=external_data, outputs=outputs)
+        stage_side_files(res, model, Path(out), outputs, folder=out_dir is not None)
         if report:
             outputs.add_text(report, json.dumps(res.report, indent=2) + "\n")
         if save_plan:

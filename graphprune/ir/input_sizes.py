@@ -27,7 +27,7 @@ import onnx
 
 from ..errors import UserError
 from .graph import GraphView, attr
-from .inputs import InputSpec, input_specs
+from .inputs import InputSpec, has_cache, input_specs, random_feeds, token_input
 
 IMAGE_SIZE = 224
 SEQUENCE_SIZE = 16
@@ -100,6 +100,8 @@ class InputPlan:
         """Feeds at `shapes` (default: the plan's): given values broadcast, integers drawn from
         the given data's values, the rest seeded random (as `inputs.random_feeds`)."""
         shapes = shapes or self.shapes
+        if has_cache(specs):  # a decoder's cache: the sizes of its inputs are related
+            return self._cache_feeds(specs, seed, shapes)
         rng = np.random.default_rng(seed)
         out = {}
         for s in specs:
@@ -117,6 +119,21 @@ class InputPlan:
             else:
                 out[s.name] = rng.standard_normal(shape).astype(s.dtype)
         return out
+
+    def _cache_feeds(self, specs: list[InputSpec], seed: int, shapes: dict) -> dict:
+        """A KV-cache decoder's feeds keep its contract (`inputs.cache_feeds`: mask = past +
+        current, one past length): batch and current length from the token input's planned
+        shape, a past of half the tokens for one sequence and a prefill (empty past) for a
+        batch, as `inputs.random_feeds`; given values and data replace their inputs."""
+        tok = token_input(specs)
+        batch, seq = (list(shapes.get(tok, (1, 16))) + [1, 16])[:2] if tok else (1, 16)
+        feeds = random_feeds(specs, seed=seed, dynamic=int(seq), batch=int(batch))
+        for s in specs:
+            if s.name in self.values:
+                v = np.asarray(self.values[s.name]).astype(s.dtype)
+                feeds[s.name] = v if v.shape == feeds[s.name].shape else \
+                    np.broadcast_to(v, feeds[s.name].shape).copy()
+        return feeds
 
 
 def _image_like(spec: InputSpec) -> bool:

@@ -85,10 +85,13 @@ def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
     elif calib is not None:
         calib = check_feeds(proto, calib, "calibration arrays: ")
         calib_name = calib_name or "arrays"
-    result.report["fidelity"] = fidelity(proto, result.model, calib=calib, seed=seed,
-                                         calib_name=calib_name, shapes=shapes,
-                                         provider=provider,
-                                         inputs=getattr(result, "inputs", None))
+    fid = fidelity(proto, result.model, calib=calib, seed=seed, calib_name=calib_name,
+                   shapes=shapes, provider=provider, io=result.io,
+                   inputs=getattr(result, "inputs", None))
+    faults = (result.report.get("fidelity") or {}).get("input_faults")
+    if faults:
+        fid["input_faults"] = faults
+    result.report["fidelity"] = fid
     if benchmark:
         src = original if isinstance(original, onnx.ModelProto) else str(original)
         pair = bench.benchmark_pair(src, result.model, threads=threads, repeats=repeats,

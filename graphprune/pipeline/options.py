@@ -68,6 +68,9 @@ class PruneOptions:
     # see graphprune.ir.input_sizes
     input_values: object = None
     feeds: object = None
+    # block-quantized weights (MatMulNBits): their contraction axis loses single positions and
+    # the blocks left are quantized again; False: only whole quantization blocks go (exact)
+    requantize: bool = True
 
     def check(self) -> None:
         if isinstance(self.dims, str):

@@ -11,7 +11,9 @@ layer over them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..analysis.build import KINDS, analyze as analyze_graph
@@ -162,7 +164,7 @@ def result_of(state: PruneState) -> PruneResult:
                        scores=state.scores, source_files=list(src.files),
                        copies=dict(state.copies or {}),
                        plan_source=lambda: plan_document(state),
-                       provider=state.options.provider, inputs=state.inputs)
+                       provider=state.options.provider, inputs=state.inputs, io=state.io)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
@@ -172,8 +174,9 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
 
     Options: see `PruneOptions` (global_rank, round_to, min_keep, protect, seed, validate,
     dims, drop_blocks, calib, labels, compensate, calib_text, tokenizer, seq_len,
-    target_params, input_shapes, input_values, feeds). The input model object is never
-    modified.
+    target_params, input_shapes, input_values, feeds, requantize). The input model object is
+    never modified. A model folder (ONNX Runtime GenAI, Optimum) means its model file;
+    `PruneResult.save_folder` writes the pruned folder.
 
     Weights a model file keeps in external data are read one tensor at a time and never all
     held in memory; such a model is validated when the result is saved (see `PruneResult`).
@@ -183,6 +186,10 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
     """
     opts = PruneOptions(ratio=ratio, criterion=criterion, **options)
     opts.check()
+    if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+        from .folder import model_in  # a model folder (GenAI, Optimum): its model file
+
+        model = str(model_in(Path(model)))
     state = PruneState(model, opts, TapRunner(provider=opts.provider), progress=progress,
                        in_memory=in_memory or s.needs_weights_in_memory(opts),
                        defer_validation=defer_validation)

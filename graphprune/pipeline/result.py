@@ -11,10 +11,10 @@ import onnx
 
 from ..analysis.graph import DependencyGraph
 from ..ir import WEIGHTS
+from ..ir.cache import IoChanges
 from ..ir.files import check_outputs, stage_model
 from ..ir.load import data_files
 from ..ir.writer import OutputSet
-from ..errors import ValidationError
 from ..ir.storage import WeightStore
 from ..runtime import validate as runtime_validate
 from ..transforms.select import Plan
@@ -52,6 +52,7 @@ class PruneResult:
         return self._plan_document
     provider: str = "CPUExecutionProvider"  # of the validation run at save time
     inputs: object = None  # the InputPlan the runs used (sizes and values of the inputs)
+    io: IoChanges | None = None  # how the graph's inputs/outputs changed (KV-cache heads)
 
     @property
     def prune_plan(self):
@@ -63,6 +64,15 @@ class PruneResult:
     def save_plan(self, path: str | os.PathLike) -> Path:
         """Write the plan (every group's kept units and the model's fingerprint) as JSON."""
         return self.prune_plan.save(path)
+
+    def save_folder(self, folder: str | os.PathLike, external_data: bool = False) -> Path:
+        """Write a complete model folder: the pruned model under the input's file name, the
+        configuration files beside the input (genai_config.json, config.json) rewritten to
+        the pruned sizes, and the input folder's other files (tokenizer, ...) copied. See
+        `graphprune.pipeline.folder`."""
+        from .folder import save_folder
+
+        return save_folder(self, folder, external_data=external_data)
 
     def save(self, path: str | os.PathLike, external_data: bool = False,
              outputs: OutputSet | None = None) -> Path:
@@ -82,12 +92,12 @@ class PruneResult:
 
             def check(tmp: str) -> None:
                 t1 = time.perf_counter()
-                try:
-                    self.report["fidelity"] = runtime_validate.validate_file(
-                        tmp, ref, low_memory=self.store is not None, provider=self.provider)
-                except ValidationError as e:
-                    runtime_validate.input_fails_too(self.source, e)
-                    raise
+                fid = runtime_validate.validate_file(
+                    tmp, ref, low_memory=self.store is not None, provider=self.provider,
+                    io=self.io, original=self.source)
+                self.report["fidelity"] = fid
+                if fid.get("input_faults"):
+                    self.report["input_faults"] = fid["input_faults"]
                 spent["validate"] = time.perf_counter() - t1
 
         token = WEIGHTS.set(self.store)

@@ -15,11 +15,13 @@ from ..calibration.stats import build_context
 from ..calibration.text import text_calibration
 from ..criteria import CRITERIA
 from ..criteria.custom import from_callable
-from ..errors import UserError, ValidationError
+from ..errors import UserError
 from ..ir import GraphView
 from ..ir.fold import static_view, view_at
 from ..ir.input_sizes import InputPlan, plan_inputs
 from ..ir.inputs import fix_input_shapes, restore_input_shapes
+from ..ir.cache import IoChanges
+from ..ir.inputs import input_specs
 from ..ir.load import check_tensor_storage, open_model
 from ..ir.sanity import check_graph_sanity
 from ..ir.shapes import infer_shapes
@@ -28,8 +30,9 @@ from ..runtime import validate as runtime_validate
 from ..runtime.isolate import Pending
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
+from ..transforms.cache_io import drop_dead_cache
 from ..transforms.compensate import compensate as compensate_plan
-from ..transforms.rewrite import (dead_nodes, drop_newly_dead, keep_positions,
+from ..transforms.rewrite import (dead_nodes, drop_newly_dead, keep_positions, resize_graph_io,
                                   rewrite as rewrite_plan)
 from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
                                  select as select_units)
@@ -102,13 +105,16 @@ def reference(state: PruneState) -> None:
     src, opts = state.source, state.options
     pending = runtime_validate.start_reference(src.original, seed=opts.seed, low_memory=src.lazy,
                                                plan=state.inputs, shapes=opts.input_shapes,
-                                               provider=opts.provider)
+                                               provider=opts.provider,
+                                               specs=input_specs(src.work))
     state.reference = pending.result() if src.lazy else pending
 
 
 def prepare(state: PruneState) -> None:
     """Parameter count of the input, shared constants untied, shapes and folded values."""
     work = state.source.work
+    state.graph_io = [(i.name, "input") for i in work.graph.input] + [
+        (o.name, "output") for o in work.graph.output]
     view = GraphView(work)
     params = count_params(view)
     if state.options.plan is not None:  # compared with the plan's (else computed when asked)
@@ -165,13 +171,18 @@ def drop_blocks(state: PruneState) -> None:
              else depth.calibration_feeds(work, state.view, seed=opts.seed))
     depth.score_blocks(work, blocks, feeds, state.runner)
     depth.drop_blocks(work, blocks, opts.drop_blocks)
+    io = drop_dead_cache(work)  # a dropped attention block's KV-cache pair goes with it
+    if io:
+        state.io = io
+        if cal is not None:  # the samples feed what the model now takes
+            cal.feeds = io.apply(cal.feeds)
     state.view = model_view(work, state.inputs)
     state.blocks = blocks
 
 
 def analyze(state: PruneState) -> None:
     opts = state.options
-    state.graph = analyze_graph(state.view, dims=opts.dims)
+    state.graph = analyze_graph(state.view, dims=opts.dims, requantize=opts.requantize)
     apply_protect(state.graph, opts.protect, opts.protect_op, opts.allow_unmatched)
 
 
@@ -256,11 +267,19 @@ def rewrite(state: PruneState) -> None:
     rewrite left unused (nodes and weights the input model already left unused stay)."""
     work = state.source.work
     dead = dead_nodes(work) if state.plan.keep else set()
-    counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
+    counts, shapes, resized = rewrite_plan(state.view, state.graph, state.plan)
     counts["constants_retied"] = retie_identical(work, state.copies, state.view)
     counts["unused_dropped"] = drop_newly_dead(work, dead) if state.plan.keep else 0
     restore_input_shapes(work, state.input_types)
+    if resized and state.input_types:  # a cache input given --input-shapes keeps its new size
+        resize_graph_io(work, {(n, a): pos for n, (a, pos) in resized.items()})
     state.counts, state.shapes_after = counts, shapes
+    if resized or state.io:  # a new object: a sweep's forks share the depth stage's one
+        prev = state.io or IoChanges()
+        kept = dict(prev.kept)
+        for name, (axis, pos) in resized.items():  # a later --steps round: compose positions
+            kept[name] = (axis, kept[name][1][pos] if name in kept else pos)
+        state.io = IoChanges(kept=kept, removed=set(prev.removed), renamed=dict(prev.renamed))
 
 
 def cost_after(state: PruneState) -> None:
@@ -301,13 +320,9 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def validate(state: PruneState) -> None:
     """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
     whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
-    try:
-        state.fidelity = runtime_validate.validate(None, state.source.work,
-                                                   seed=state.options.seed, ref=state.reference,
-                                                   provider=state.options.provider)
-    except ValidationError as e:
-        runtime_validate.input_fails_too(state.source.original, e)
-        raise
+    state.fidelity = runtime_validate.validate(state.source.original, state.source.work,
+                                               seed=state.options.seed, ref=state.reference,
+                                               provider=state.options.provider, io=state.io)
 
 
 # ------------------------------------------------------------------------------ steps

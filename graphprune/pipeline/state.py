@@ -12,6 +12,7 @@ from ..calibration.data import Calibration
 from ..calibration.stats import CalibContext, Runner
 from ..ir import GraphView
 from ..ir.input_sizes import InputPlan
+from ..ir.cache import IoChanges
 from ..ir.storage import WeightStore
 from ..transforms.select import Plan
 from .options import PruneOptions
@@ -68,6 +69,8 @@ class PruneState:
     compensation: dict | None = None
     counts: dict | None = None
     shapes_after: dict | None = None
+    io: IoChanges | None = None  # graph inputs/outputs changed (KV-cache heads, dropped pairs)
+    graph_io: list = field(default_factory=list)  # the input's (name, "input"|"output") pairs
     after: dict | None = None
     fidelity: dict | None = None
     report: dict | None = None

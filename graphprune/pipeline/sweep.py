@@ -104,7 +104,8 @@ def _ratio_job(shared: dict, ratio: float) -> tuple[dict, bytes]:
     res = result_of(run_stages(fork(base, ratio), PIPELINE[_index("score") + 1:]))
     opts = base.options
     fid = fidelity(original, res.model, calib=calib, seed=seed, calib_name=shared["calib_name"],
-                   shapes=opts.input_shapes, provider=opts.provider, inputs=base.inputs)
+                   shapes=opts.input_shapes, provider=opts.provider, inputs=base.inputs,
+                   io=res.io)
     macs = res.report["macs"]
     row = {"ratio": ratio, "params": res.report["params"]["after"], "macs": macs["after"],
            "macs_ratio": macs["before"] / max(macs["after"], 1),

@@ -27,8 +27,10 @@ from ..errors import UserError
 from ..ir.load import file_bytes
 from ..ir.storage import TWO_GB, approx_bytes
 from ..progress import bar
-from .session import (log_level, providers_for, random_inputs, resolve_provider, run_options,
-                      set_log_level)
+from ..ir.cache import PAST
+from ..ir.inputs import InputSpec, has_cache, input_specs, random_feeds, with_shapes
+from .session import (_ORT_TYPES, log_level, providers_for, random_inputs, resolve_provider,
+                      run_options, set_log_level)
 from .session import session as make_session
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,21 @@ def _peak_rss_bytes() -> int:
         return int(psutil.Process().memory_info().peak_wset)
 
 
-def _feeds(sess, batch: int, seed: int, shapes: dict | None = None) -> tuple[dict, int]:
-    """Random inputs; a symbolic leading dim gets `batch`, inputs named in `shapes` those dims.
-    Returns the feeds and the real batch."""
-    feeds = random_inputs(sess, seed=seed, batch=batch, dynamic=16, shapes=shapes)
+def _feeds(sess, batch: int, seed: int, shapes: dict | None = None,
+           path: str | None = None) -> tuple[dict, int]:
+    """Random inputs; a symbolic leading dim gets `batch`, inputs named in `shapes` those dims
+    (a KV-cache decoder's inputs keep its contract: see `graphprune.ir.inputs`). Returns the
+    feeds and the real batch."""
+    specs = [InputSpec(i.name, _ORT_TYPES.get(i.type, np.float32),
+                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
+             for i in sess.get_inputs()]
+    if has_cache(specs):
+        if path is not None and any(not isinstance(d, int) for s in specs if PAST.match(s.name)
+                                    for d in (s.shape[1], s.shape[3])):
+            specs = input_specs(onnx.load(path, load_external_data=False))  # head size
+        feeds = random_feeds(with_shapes(specs, shapes), seed=seed, batch=batch, dynamic=16)
+    else:
+        feeds = random_inputs(sess, seed=seed, batch=batch, dynamic=16, shapes=shapes)
     first = next(iter(feeds.values()), None)
     real = int(first.shape[0]) if first is not None and first.ndim else 1
     return feeds, real
@@ -161,7 +174,7 @@ def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, bat
     t0 = time.perf_counter()
     sess = _session(path, threads, provider)
     load_s = time.perf_counter() - t0
-    feeds, real_batch = _feeds(sess, batch, seed, shapes)
+    feeds, real_batch = _feeds(sess, batch, seed, shapes, path)
     names = [o.name for o in sess.get_outputs()]
     _warm(sess, names, feeds, warmup)
     ms = []
@@ -186,7 +199,7 @@ def measure_interleaved(paths: list[str], threads: int = 0, warmup: int = 5, rep
     sessions = []
     for p in paths:
         sess = _session(p, threads, provider)
-        feeds, real_batch = _feeds(sess, batch, seed, shapes)
+        feeds, real_batch = _feeds(sess, batch, seed, shapes, p)
         names = [o.name for o in sess.get_outputs()]
         _warm(sess, names, feeds, warmup)
         sessions.append((sess, names, feeds, real_batch))

@@ -147,14 +147,20 @@ def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
 
 def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
              seed: int = 0, calib_name: str | None = None, shapes: dict | None = None,
-             provider: str = DEFAULT_PROVIDER, inputs=None) -> dict:
+             provider: str = DEFAULT_PROVIDER, inputs=None, io=None) -> dict:
     """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring.
     `shapes` fixes the dims of named inputs of the random samples; `inputs`: the prune's
-    `InputPlan` (sizes and values random inputs take)."""
+    `InputPlan` (sizes and values random inputs take). `io` (a
+    `graphprune.ir.cache.IoChanges`): how the pruned model's inputs and outputs differ (a KV
+    cache's heads): both are compared on what the pruned model keeps."""
     original, pruned = _proto(original), _proto(pruned)
     osess, psess = session(original, provider=provider), session(pruned, provider=provider)
     feeds = batches(original, calib, samples, seed, shapes, inputs)
-    ref, out = run_all(osess, feeds), run_all(psess, feeds)
+    ref = run_all(osess, feeds)
+    if io:
+        out, ref = run_all(psess, [io.apply(f) for f in feeds]), io.apply(ref)
+    else:
+        out = run_all(psess, feeds)
     res = compare_outputs(ref, out, use_top1=calib is not None)
     sampled = sample_inputs(input_specs(original))
     n = sum(min((len(v) for k, v in f.items() if k in sampled), default=1) for f in feeds)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from ..ir import Dim
+from ..ir.inputs import has_cache, input_specs, random_feeds
 from ..ir.storage import approx_bytes
 from .isolate import isolated
 from ..ir.input_sizes import InputPlan, plan_inputs
@@ -29,6 +30,10 @@ MAX_MODEL_BYTES = 1 << 30
 # (batch, scale of every other symbolic size) of the three runs, then fallbacks at fixed sizes
 PROBE_RUNS = ((2, 1.0), (3, 0.75), (1, 1.25))
 FALLBACK_RUNS = (((2, 7), (3, 11), (1, 19)), ((2, 32), (3, 48), (1, 40)))
+# A decoder with a KV cache: (batch, current tokens, past length). Batch, current and total
+# length all differ between the two runs; the second keeps batch 1, as GroupQueryAttention
+# requires when both the past and the current tokens are more than one.
+CACHE_SIZES = ((2, 7, 0), (1, 11, 5))
 
 
 def _needs_probe(model: onnx.ModelProto, shapes: dict) -> bool:
@@ -54,10 +59,9 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _run_all(model: onnx.ModelProto, names: list[str], shapes: dict, plan: InputPlan,
-             seed: int):
+def _run_all(model: onnx.ModelProto, names: list[str], make_feeds):
     sess = session(model)
-    feeds = plan.feeds(session_specs(sess), seed=seed, shapes=shapes)
+    feeds = make_feeds(session_specs(sess))
     outs = sess.run(names, feeds, run_options())
     got = {n: tuple(np.shape(v)) for n, v in zip(names, outs)}
     got.update({n: tuple(np.shape(v)) for n, v in feeds.items()})
@@ -72,11 +76,22 @@ def _size_sets(plan: InputPlan) -> list[list[dict]]:
     return sets
 
 
-def _run_thrice(probe: onnx.ModelProto, names: list[str], plan: InputPlan):
-    """The three probe runs, with fallback sizes; None if the model runs at none of them."""
-    for shapes in _size_sets(plan):
+def _feed_sets(plan: InputPlan, cache: bool) -> list[list]:
+    """Feed makers (specs -> feeds) of each set of runs: the plan's three sizes and the
+    fallbacks, or for a decoder with a KV cache two runs that keep the cache's contract."""
+    if cache:
+        return [[(lambda specs, k=k, s=s: random_feeds(specs, seed=k, batch=s[0], dynamic=s[1],
+                                                      past=s[2]))
+                 for k, s in enumerate(CACHE_SIZES)]]
+    return [[(lambda specs, k=k, sh=sh: plan.feeds(specs, seed=k, shapes=sh))
+             for k, sh in enumerate(shapes)] for shapes in _size_sets(plan)]
+
+
+def _run_thrice(probe: onnx.ModelProto, names: list[str], plan: InputPlan, cache: bool):
+    """The probe runs, with fallback sizes; None if the model runs at none of them."""
+    for makers in _feed_sets(plan, cache):
         try:
-            return [_run_all(probe, names, sh, plan, k) for k, sh in enumerate(shapes)]
+            return [_run_all(probe, names, make) for make in makers]
         except Exception:  # noqa: BLE001  (sizes the model rejects: try the next set)
             continue
     return None
@@ -105,7 +120,8 @@ def probe_shapes(model: onnx.ModelProto, shapes: dict, plan: InputPlan | None = 
                 names.append(o)
     names += [o.name for o in model.graph.output]
     try:  # in a child process: some models crash ONNX Runtime at made-up sizes (SIGFPE)
-        runs = isolated(_run_thrice, probe, names, plan, crash=RuntimeError)
+        runs = isolated(_run_thrice, probe, names, plan, has_cache(input_specs(model)),
+                        crash=RuntimeError)
     except Exception:  # noqa: BLE001  (no probe: the sizes stay unknown and their groups frozen)
         return {}
     if runs is None:

@@ -8,6 +8,13 @@ session is gone before the pruned model is loaded, so the two never share memory
 
 Models whose weights stay on disk are validated from the written files (`validate_file`): the
 checker on the path, ONNX Runtime from the path, before the files are renamed into place.
+
+Two exceptions, both reported: graph inputs/outputs that pruning changed on purpose (the head
+axis of a KV cache, the cache pair of a dropped attention block: `io`, an
+`graphprune.ir.cache.IoChanges`) are compared on what is left (the pruned model gets the
+original's inputs sliced, dropped and renamed the same way); and a checker failure the original model already
+shows (a converter's wrong value_info) is not the pruned model's fault: only what pruning made
+worse is an error (`graphprune.ir.sanity.check_model_relative`).
 """
 from __future__ import annotations
 
@@ -15,12 +22,13 @@ import numpy as np
 import onnx
 
 from ..errors import UserError, ValidationError
-from ..ir.sanity import check_model, first_line
-from .fidelity import cosine_fidelity
-from ..ir.shapes import inference_copy
-from .isolate import Pending, start
+from ..ir.cache import IoChanges
+from ..ir.sanity import check_model_relative, first_line
 from ..ir.input_sizes import InputPlan, plan_inputs
-from ..ir.inputs import concrete_shapes, with_shapes
+from ..ir.inputs import InputSpec, concrete_shapes, with_shapes
+from ..ir.shapes import inference_copy
+from .fidelity import cosine_fidelity
+from .isolate import Pending, start
 from .session import DEFAULT_PROVIDER, background_threads, run, session, session_specs
 
 Reference = tuple[dict, dict]  # (feeds, outputs of the original)
@@ -33,11 +41,12 @@ GIVE_INPUTS = ("give real inputs with --calib FILE.npz or --input-values NAME=VA
 
 
 def _feeds_for(original_sess, seed: int, plan: InputPlan | None = None,
-               shapes: dict | None = None):
+               shapes: dict | None = None, specs: list[InputSpec] | None = None):
     """Feeds the original model accepts and its outputs on them: the given data when there is
     some (nothing else is tried), else the plan's sizes, then other sizes for the guessed dims
-    (inputs named in `shapes` get those dims)."""
-    specs = with_shapes(session_specs(original_sess), shapes)
+    (inputs named in `shapes` get those dims). `specs`: the model's `input_specs` (a KV
+    cache's head sizes read from the weights) instead of the session's."""
+    specs = with_shapes(specs or session_specs(original_sess), shapes)
     if plan is None:
         plan = InputPlan(shapes=concrete_shapes(specs, 1, 1),
                          free={s.name: [a for a, d in enumerate(s.shape)
@@ -68,11 +77,13 @@ def _feeds_for(original_sess, seed: int, plan: InputPlan | None = None,
 
 def start_reference(original: onnx.ModelProto | str, seed: int = 0,
                     low_memory: bool = False, plan: InputPlan | None = None,
-                    shapes: dict | None = None, provider: str = DEFAULT_PROVIDER) -> Pending:
+                    shapes: dict | None = None, provider: str = DEFAULT_PROVIDER,
+                    specs: list[InputSpec] | None = None) -> Pending:
     """Start the original's reference run in a child process and return at once: the caller
     goes on (analysis, scoring, rewrite) while ONNX Runtime loads and runs the original.
-    `plan` gives the input sizes and values (default: planned from the model's graph)."""
-    return start(_reference, original, seed, low_memory, plan, shapes, provider,
+    `plan` gives the input sizes and values (default: planned from the model's graph);
+    `specs` (the model's `input_specs`) make feeds that keep the inputs' relations."""
+    return start(_reference, original, seed, low_memory, plan, shapes, provider, specs,
                  fork=provider == DEFAULT_PROVIDER,
                  crash=lambda why: UserError(f"onnxruntime crashed ({why}) running the input "
                                              "model on random inputs; graphprune cannot "
@@ -81,16 +92,18 @@ def start_reference(original: onnx.ModelProto | str, seed: int = 0,
 
 def reference(original: onnx.ModelProto | str, seed: int = 0, low_memory: bool = False,
               original_sess=None, plan: InputPlan | None = None, shapes: dict | None = None,
-              provider: str = DEFAULT_PROVIDER) -> Reference:
+              provider: str = DEFAULT_PROVIDER, specs: list[InputSpec] | None = None
+              ) -> Reference:
     """Feeds (random, or the plan's data) and the original model's outputs on them;
     `UserError` when ORT cannot load or run the original (or crashes on it)."""
     if original_sess is not None:
-        return _feeds_for(original_sess, seed, plan, shapes)
-    return start_reference(original, seed, low_memory, plan, shapes, provider).result()
+        return _feeds_for(original_sess, seed, plan, shapes, specs)
+    return start_reference(original, seed, low_memory, plan, shapes, provider, specs).result()
 
 
 def _reference(original, seed: int, low_memory: bool, plan: InputPlan | None,
-               shapes: dict | None = None, provider: str = DEFAULT_PROVIDER) -> Reference:
+               shapes: dict | None = None, provider: str = DEFAULT_PROVIDER,
+               specs=None) -> Reference:
     try:
         # one core is left to the parent, which analyzes while this runs
         sess = session(original, low_memory=low_memory, threads=background_threads(),
@@ -103,62 +116,65 @@ def _reference(original, seed: int, low_memory: bool, plan: InputPlan | None,
         proto = original if isinstance(original, onnx.ModelProto) else onnx.load(
             str(original), load_external_data=False)
         plan = plan_inputs(proto, shapes=shapes)
-    return _feeds_for(sess, seed, plan, shapes)
+    return _feeds_for(sess, seed, plan, shapes, specs)
 
 
-def validate(original: onnx.ModelProto | None, pruned: onnx.ModelProto, seed: int = 0,
+def validate(original: onnx.ModelProto | str | None, pruned: onnx.ModelProto, seed: int = 0,
              original_sess=None, ref: Reference | Pending | None = None,
-             provider: str = DEFAULT_PROVIDER) -> dict:
+             provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None) -> dict:
     """Run all checks on an in-memory pruned model; returns fidelity numbers on the random
     inputs used. `ref` (from `reference`, or a `start_reference` still running) saves running
     the original again. The ONNX checker (on the graph without weight bytes) runs here while
-    ONNX Runtime runs the pruned model in a child."""
+    ONNX Runtime runs the pruned model in a child. `original` (a model or its path) is checked
+    too when the pruned model fails the checker, so faults it brought along are only noted
+    (in the returned dict's ``input_faults``)."""
     if ref is None:
         ref = reference(original, seed, original_sess=original_sess)
-    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=False, provider=provider)
+    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=False, provider=provider,
+                        io=io, original=original)
 
 
 def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True,
-                  provider: str = DEFAULT_PROVIDER) -> dict:
+                  provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None,
+                  original: onnx.ModelProto | str | None = None) -> dict:
     """All checks on a written model file (its external data beside it): the ONNX checker on
     the file while ONNX Runtime runs it in a child."""
-    return _checked_run(str(path), str(path), ref, low_memory, provider)
+    return _checked_run(str(path), str(path), ref, low_memory, provider, io, original)
 
 
 def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool,
-                 provider: str = DEFAULT_PROVIDER) -> dict:
-    """ONNX Runtime runs `pruned` in a child on the reference's inputs while the ONNX checker
-    checks `checked` here; then the outputs are compared with the reference."""
+                 provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None,
+                 original=None) -> dict:
+    """ONNX Runtime runs `pruned` in a child on the reference's inputs (as the pruned model
+    takes them: `io`) while the ONNX checker checks `checked` here, relative to `original`;
+    then the outputs are compared with the reference."""
     if isinstance(ref, Pending):
         ref = ref.result()
-    run_ = start(_run_pruned, pruned, ref[0], low_memory, provider,
+    run_ = start(_run_pruned, pruned, _mapped(ref[0], io), low_memory, provider,
                  fork=provider == DEFAULT_PROVIDER,
                  crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
                                                    "pruned model"))
     try:
-        check_model(checked)
+        faults = check_model_relative(checked, original)
     except BaseException:
         run_.cancel()
         raise
-    return _compare(run_.result(), ref)
+    return _with_faults(_compare(run_.result(), ref, io), faults)
 
 
-def input_fails_too(original: onnx.ModelProto | str | None, error: ValidationError) -> None:
-    """A pruned model the ONNX checker refuses: when the input fails the same check (the full
-    check, strict shape inference included, is stricter than the one an input must pass), the
-    input is at fault, and that is the error (a `UserError`) rather than a failed prune."""
-    if original is None or not str(error).startswith("onnx checker:"):
-        return
-    try:
-        check_model(original if isinstance(original, str) else inference_copy(original))
-    except ValidationError as e:
-        raise UserError(f"the input model already fails the ONNX checker's full check "
-                        f"({str(e)[len('onnx checker: '):]}); every pruned model must pass it, "
-                        "so graphprune cannot prune this one") from error
+def _with_faults(fid: dict, faults: list[str]) -> dict:
+    if faults:
+        fid["input_faults"] = faults
+    return fid
 
 
-def _compare(out: dict, ref: Reference) -> dict:
-    _, want = ref
+def _mapped(arrays: dict, io: IoChanges | None) -> dict:
+    """Arrays keyed by the original's graph inputs/outputs, as the pruned model has them."""
+    return arrays if io is None else io.apply(arrays)
+
+
+def _compare(out: dict, ref: Reference, io: IoChanges | None = None) -> dict:
+    want = _mapped(ref[1], io)
     if list(out) != list(want):
         raise ValidationError(f"output names changed: {list(want)} -> {list(out)}")
     for name in want:

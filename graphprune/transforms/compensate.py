@@ -115,10 +115,11 @@ def _add_to_bias(view: GraphView, rw: Rewriter, c: Consumer, d_out: np.ndarray, 
     base = f"{node.name or node.output[0]}_bias_comp"
     name = rw.fresh_name(base)
     rw.add_initializer(name, value)
-    if c.op in ("Conv", "Gemm"):
-        while len(node.input) < 3:
+    if c.op in ("Conv", "Gemm", "MatMulNBits"):
+        slot = 5 if c.op == "MatMulNBits" else 2
+        while len(node.input) <= slot:
             node.input.append("")
-        node.input[2] = name
+        node.input[slot] = name
         return "added"
     # MatMul: y = MatMul(x, W) becomes y = Add(MatMul(x, W), b), keeping y's name
     y = node.output[0]
