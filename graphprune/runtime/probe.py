@@ -76,18 +76,20 @@ def _size_sets(plan: InputPlan) -> list[list[dict]]:
     return sets
 
 
-def _feed_sets(plan: InputPlan, cache: bool) -> list[list]:
-    """Feed makers (specs -> feeds) of each set of runs: the plan's three sizes and the
-    fallbacks, or for a decoder with a KV cache two runs that keep the cache's contract."""
+def _feed_sets(plan: InputPlan, cache: list | None) -> list[list]:
+    """Feed makers (session specs -> feeds) of each set of runs: the plan's three sizes and
+    the fallbacks, or for a decoder with a KV cache (`cache`: the model's `input_specs`, with
+    the cache's head sizes read from the weights) two runs that keep the cache's contract."""
     if cache:
-        return [[(lambda specs, k=k, s=s: random_feeds(specs, seed=k, batch=s[0], dynamic=s[1],
-                                                      past=s[2]))
+        return [[(lambda _, k=k, s=s: random_feeds(cache, seed=k, batch=s[0], dynamic=s[1],
+                                                  past=s[2]))
                  for k, s in enumerate(CACHE_SIZES)]]
     return [[(lambda specs, k=k, sh=sh: plan.feeds(specs, seed=k, shapes=sh))
              for k, sh in enumerate(shapes)] for shapes in _size_sets(plan)]
 
 
-def _run_thrice(probe: onnx.ModelProto, names: list[str], plan: InputPlan, cache: bool):
+def _run_thrice(probe: onnx.ModelProto, names: list[str], plan: InputPlan,
+                cache: list | None):
     """The probe runs, with fallback sizes; None if the model runs at none of them."""
     for makers in _feed_sets(plan, cache):
         try:
@@ -120,7 +122,8 @@ def probe_shapes(model: onnx.ModelProto, shapes: dict, plan: InputPlan | None = 
                 names.append(o)
     names += [o.name for o in model.graph.output]
     try:  # in a child process: some models crash ONNX Runtime at made-up sizes (SIGFPE)
-        runs = isolated(_run_thrice, probe, names, plan, has_cache(input_specs(model)),
+        specs = input_specs(model)
+        runs = isolated(_run_thrice, probe, names, plan, specs if has_cache(specs) else None,
                         crash=RuntimeError)
     except Exception:  # noqa: BLE001  (no probe: the sizes stay unknown and their groups frozen)
         return {}
