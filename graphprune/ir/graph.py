@@ -86,6 +86,7 @@ class GraphView:
         self.folded: dict[str, np.ndarray] = {}  # statically computable values (see fold.py)
         self.folded_reads: dict[str, set[str]] = {}  # folded value -> tensors whose sizes it read
         self.partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (value, known mask)
+        self.same_shape: dict[str, str] = {}  # tensor added by a pass -> one of its shape
         self._collect_consts()
         self.shapes: dict[str, tuple[Dim, ...]] = dict(shapes or {})
         for name, c in self.consts.items():
