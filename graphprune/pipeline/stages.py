@@ -32,7 +32,7 @@ from ..transforms.select import (Target, apply_protect, group_ratios, params_mea
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
 from .plans import fingerprint, plan_from
-from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode
+from .options import CALIB_CRITERIA, GRAM_CRITERIA, STATS_CRITERIA, compensation_mode
 from .state import PruneState, Source
 
 
@@ -162,10 +162,12 @@ def statistics(state: PruneState) -> None:
     opts, cal = state.options, state.calibration
     # consumer statistics serve the statistics-based criteria and compensation; lrp runs the
     # model itself, magnitude/random need nothing (the samples may be there for depth scoring)
-    stats = (opts.criterion in STATS_CRITERIA or callable(opts.criterion)
-             or compensation_mode(opts) is not None)
+    mode = compensation_mode(opts)
+    custom = callable(opts.criterion)  # a criterion function may read any statistic
+    stats = opts.criterion in STATS_CRITERIA or custom or mode is not None
+    gram = custom or opts.criterion in GRAM_CRITERIA or mode == "obspa"
     ctx = build_context(state.graph, cal, state.runner, data_free=opts.criterion == "obspa",
-                        stats=stats)
+                        stats=stats, gram=gram)
     ctx.source = cal.source if cal is not None else (
         "data-free" if opts.criterion == "obspa" else "none")
     ctx.samples = cal.n if cal is not None else 0
