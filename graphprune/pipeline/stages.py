@@ -141,7 +141,7 @@ def drop_blocks(state: PruneState) -> None:
         raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
                         "residual blocks")
     cal = state.calibration
-    feeds = (depth.split_feeds(work, cal.feeds) if cal is not None
+    feeds = (cal.feeds if cal is not None
              else depth.calibration_feeds(work, state.view, seed=opts.seed))
     depth.score_blocks(work, blocks, feeds, state.runner)
     depth.drop_blocks(work, blocks, opts.drop_blocks)

@@ -21,13 +21,15 @@ from .session import session
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
-def ort_logits(model, threads: int = 0, output: str | None = None) -> LogitsFn:
-    """Logits function of an ONNX causal LM (path or ModelProto) whose only input is token ids
-    (other text inputs are filled like `graphprune.ir.inputs.text_feeds`)."""
+def ort_logits(model, threads: int = 0, output: str | None = None, store=None) -> LogitsFn:
+    """Logits function of an ONNX causal LM (path or ModelProto; `store`: the weights of a
+    lazily loaded one, e.g. a `PruneResult`'s) whose only input is token ids (other text
+    inputs are filled like `graphprune.ir.inputs.text_feeds`)."""
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model),
                                                                        load_external_data=False)
     specs = input_specs(proto)  # read once: every call (each generated token) reuses them
-    sess = session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads)
+    sess = session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads,
+                   store=store)
     name = output or sess.get_outputs()[0].name
 
     def run(ids: np.ndarray) -> np.ndarray:
