@@ -468,6 +468,11 @@ def test_validation_failure_writes_nothing(previous_output, monkeypatch):
     r = cli(p, "-o", out / "o.onnx", "--ratio", "0.1")
     assert_refused(r, "the pruned model failed validation, nothing written: onnx checker")
     assert snapshot(out) == before
+    # measuring runs validate the model before it is written, weights on disk or not
+    monkeypatch.setattr(graphprune.runtime.validate, "validate", fail)
+    r = cli(p, "-o", out / "o.onnx", "--ratio", "0.1", "--benchmark")
+    assert_refused(r, "the pruned model failed validation, nothing written: onnx checker")
+    assert snapshot(out) == before
 
 
 def test_save_model_failure_keeps_existing_file(tmp_path, monkeypatch):

@@ -200,18 +200,22 @@ def run_prune(model: Path, out: Path, report=None, html_out=None, save_plan=None
                 plan=str(plan) if plan else None, input_shapes=input_shapes,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
-                progress=progress, in_memory=measure, defer_validation=not measure,
+                progress=progress, defer_validation=not measure,
                 **_calib_options(criterion, calib, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
                                  steps))
     gates = []
     if measure and calib is not None and calib.is_dir():
         calib = _images_npz(res, model, calib, preprocess)
-    if measure:
-        gates = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
-                         threads, repeats, max_drop, min_speedup, seed, quiet, provider,
-                         input_shapes)
-    res.save(out, external_data=external_data)
+
+    def measure_written(tmp: str) -> None:
+        # the written files, before they are renamed into place: nothing is written when a
+        # measurement fails, and a big model's rewritten weights are no longer held in memory
+        gates[:] = _measure(res, model, calib, html_out, benchmark or min_speedup is not None,
+                            threads, repeats, max_drop, min_speedup, seed, quiet, provider,
+                            input_shapes, tmp)
+
+    res.save(out, external_data=external_data, check=measure_written if measure else None)
     if report:
         atomic_write_text(report, json.dumps(res.report, indent=2) + "\n")
     if save_plan:
@@ -260,14 +264,16 @@ def _images_npz(res, model, folder: Path, preprocess: str) -> Path:
 
 
 def _measure(res, model, calib, html_out, benchmark, threads, repeats, max_drop, min_speedup,
-             seed, quiet, provider="CPUExecutionProvider", input_shapes=None) -> list[dict]:
-    """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate."""
+             seed, quiet, provider="CPUExecutionProvider", input_shapes=None,
+             written: str | None = None) -> list[dict]:
+    """Fidelity (and latency) of the written model (`written`: its temporary path) into the
+    report, then the gates; see graphprune.pipeline.measure.evaluate_result."""
     from ..pipeline.measure import check_gates, evaluate_result
     from ..progress import progress_enabled
 
     evaluate_result(res, str(model), calib_path=calib, benchmark=benchmark, threads=threads,
                     repeats=repeats, seed=seed, progress=progress_enabled(quiet),
-                    provider=provider, input_shapes=input_shapes)
+                    provider=provider, input_shapes=input_shapes, pruned=written)
     if html_out:
         from ..report.html import attach_unit_scores
 

@@ -84,14 +84,14 @@ def external_proto(model: onnx.ModelProto, location: str,
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False,
                store: WeightStore | None = None,
-               validate: Callable[[str], None] | None = None) -> int:
+               validate: Callable[[str], None] | None = None, rebase: bool = True) -> int:
     """Write atomically: temporary files in the target folder, fsync, `validate(temp_path)` if
     given, then rename over the target. Returns bytes written (model + data file).
 
     External data (`<name>.data` beside the model) is used on request, when the model's weights
     are on disk (a lazily loaded model) and when the model would not fit one protobuf (> 2 GB).
     After such a write `model` and `store` refer to the written data file, and the store's
-    in-memory arrays are released.
+    in-memory arrays are released (unless `rebase` is off: a copy written for a measurement).
     """
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
@@ -123,7 +123,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             fsync_file(tmp_data)
             out = external_proto(model, tmp_loc, placed)
             write_bytes(tmp_model, out.SerializeToString())
-            if store is not None:  # release the arrays before validation loads the model
+            if store is not None and rebase:  # release the arrays before validation runs
                 store.rebase(model, os.path.abspath(folder), tmp_loc, placed)
                 rebased = True
             if validate:
@@ -135,7 +135,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
             write_bytes(tmp_model, out.SerializeToString())
             os.replace(tmp_data, folder / data_name)
             made.remove(tmp_data)
-            if store is not None:
+            if rebased:
                 store.relocate(model, tmp_loc, data_name)
         else:
             write_bytes(tmp_model, model.SerializeToString())

@@ -8,22 +8,33 @@ import onnx
 
 from ..analysis.cost import count_macs, count_params
 from ..calibration.data import load_npz
+from ..ir import WEIGHTS
 from ..ir.inputs import fix_input_shapes, parse_input_shapes
+from ..ir.load import open_model
 from ..runtime import bench
 from ..runtime.fidelity import fidelity
 from .stages import model_view
 
 
-def model_cost(model: onnx.ModelProto, input_shapes=None) -> dict:
+def model_cost(model, input_shapes=None) -> dict:
     """Params and MACs as the pruning report counts them (symbolic sizes count as 1, unless
-    `input_shapes` fixes them)."""
+    `input_shapes` fixes them), of a ModelProto or a model file (whose external weights stay
+    on disk)."""
     shapes = parse_input_shapes(input_shapes)
-    if shapes:
+    store = None
+    if not isinstance(model, onnx.ModelProto):
+        model, store, _ = open_model(model)
+    elif shapes:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        fix_input_shapes(copy, shapes)
         model = copy
-    view = model_view(model)
+    if shapes:
+        fix_input_shapes(model, shapes)
+    token = WEIGHTS.set(store)
+    try:
+        view = model_view(model)
+    finally:
+        WEIGHTS.reset(token)
     return {"params": count_params(view), "macs": count_macs(view)}
 
 
@@ -32,8 +43,8 @@ def cost_with(input_shapes):
     return lambda model: model_cost(model, input_shapes)
 
 
-def _proto(m):
-    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m))
+def _graph(m) -> onnx.ModelProto:
+    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m), load_external_data=False)
 
 
 def check_gates(report: dict, max_drop: float | None = None,
@@ -63,29 +74,39 @@ def gate_failure_line(gates: list[dict]) -> str | None:
 def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
                     threads: int = 0, repeats: int = 50, warmup: int = 5, seed: int = 0,
                     progress: bool = False, provider: str = "CPUExecutionProvider",
-                    input_shapes=None) -> dict:
+                    input_shapes=None, pruned=None) -> dict:
     """Measure a `PruneResult` against its original (path or ModelProto) and put the numbers in
     its report: `fidelity` (calibration or random inputs, with top-1 agreement and `drop`) and,
-    with `benchmark`, `latency_ms` {before, after, p90_before, p90_after, threads, speedup,
-    macs_ratio} and `memory_bytes` {before, after} (peak RSS of a fresh process per model)."""
-    proto = _proto(original)
+    with `benchmark`, `latency_ms` {before, after, p90_before, p90_after, threads, repeats,
+    provider, method, speedup, macs_ratio} and `memory_bytes` {before, after} (peak RSS of a
+    fresh process per model). `pruned`: the written file of the pruned model to measure
+    (default `result.model`, whose weights may stay on disk and in `result.store`). The
+    original and the pruned model run one after the other, never together (models of any
+    size)."""
     shapes = parse_input_shapes(input_shapes)
-    calib = load_npz(calib_path, proto) if calib_path else None
-    result.report["fidelity"] = fidelity(proto, result.model, calib=calib, seed=seed,
-                                         calib_name=Path(calib_path).name if calib_path else None,
-                                         shapes=shapes, provider=provider)
+    calib = load_npz(calib_path, _graph(original)) if calib_path else None
+    src = original if isinstance(original, onnx.ModelProto) else str(original)
+    target, store = (str(pruned), None) if pruned is not None else (result.model, result.store)
+    token = WEIGHTS.set(store)
+    try:
+        result.report["fidelity"] = fidelity(
+            src, target, calib=calib, seed=seed, store=store, shapes=shapes, provider=provider,
+            calib_name=Path(calib_path).name if calib_path else None)
+        if benchmark:
+            pair = bench.benchmark_pair(src, target, threads=threads, repeats=repeats,
+                                        warmup=warmup, seed=seed, progress=progress,
+                                        provider=provider, input_shapes=shapes)
+    finally:
+        WEIGHTS.reset(token)
     if benchmark:
-        src = original if isinstance(original, onnx.ModelProto) else str(original)
-        pair = bench.benchmark_pair(src, result.model, threads=threads, repeats=repeats,
-                                    warmup=warmup, seed=seed, progress=progress,
-                                    cost=cost_with(shapes), provider=provider,
-                                    input_shapes=shapes)
         b, a, c = pair["before"], pair["after"], pair["compare"]
+        macs = result.report["macs"]
         result.report["latency_ms"] = {
             "before": b["latency_ms"]["median"], "after": a["latency_ms"]["median"],
             "p90_before": b["latency_ms"]["p90"], "p90_after": a["latency_ms"]["p90"],
             "threads": threads, "repeats": repeats, "provider": b["provider"],
-            "speedup": c["speedup"], "macs_ratio": c.get("macs_ratio")}
+            "method": b["latency_method"], "speedup": c["speedup"],
+            "macs_ratio": macs["before"] / macs["after"] if macs.get("after") else None}
         result.report["memory_bytes"] = {"before": b["peak_rss_bytes"],
                                          "after": a["peak_rss_bytes"]}
     return result.report

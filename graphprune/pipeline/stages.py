@@ -44,8 +44,9 @@ def model_view(model: onnx.ModelProto) -> GraphView:
 
 # ------------------------------------------------------------------------------ stages
 def read(state: PruneState) -> None:
-    """The model to work on. From a file, large external weights stay on disk unless the run
-    needs them in memory (passes that run the edited model in ONNX Runtime)."""
+    """The model to work on. From a file, large external weights stay on disk: every stage,
+    ONNX Runtime's runs included, reads them there. `in_memory` loads them into the proto
+    instead, for models a ModelProto can hold (up to 2 GB)."""
     model = state.input
     if isinstance(model, onnx.ModelProto):
         check_tensor_storage(model, None)
@@ -60,10 +61,7 @@ def read(state: PruneState) -> None:
     path = Path(model)
     work, store, files = open_model(path)
     size = path.stat().st_size + sum(f.stat().st_size for f in files)
-    if state.in_memory and store is not None:
-        if size > TWO_GB:
-            raise UserError(f"{path}: --drop-blocks, --calib, --benchmark and --html need the "
-                            "weights in memory, which is not possible for models over 2 GB")
+    if state.in_memory and store is not None and size <= TWO_GB:
         store.materialize(work)
         store = None
     state.source = Source(work, str(path), str(path), size, store, list(files))
@@ -255,10 +253,12 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def validate(state: PruneState) -> None:
-    """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
-    whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
-    state.fidelity = runtime_validate.validate(None, state.source.work, seed=state.options.seed,
-                                               ref=state.reference,
+    """Checker, ONNX Runtime run and output signature of the pruned model, before anything is
+    written (a model whose weights stay on disk runs from them and from the store's arrays;
+    with `defer_validation` this happens at save time instead, see `PruneResult.save`)."""
+    src = state.source
+    state.fidelity = runtime_validate.validate(None, src.work, seed=state.options.seed,
+                                               ref=state.reference, store=src.store,
                                                provider=state.options.provider)
 
 
@@ -315,8 +315,9 @@ def validating(state: PruneState) -> bool:
     return state.options.validate
 
 
-def validating_in_memory(state: PruneState) -> bool:
-    return state.options.validate and not (state.source.lazy or state.defer_validation)
+def validating_now(state: PruneState) -> bool:
+    """Validation in the validate stage (unless it is deferred to the written files)."""
+    return state.options.validate and not state.defer_validation
 
 
 def calibrating(state: PruneState) -> bool:
@@ -336,9 +337,4 @@ def compensating(state: PruneState) -> bool:
     ctx = state.calib_ctx
     return (compensation_mode(state.options) is not None and ctx is not None and bool(ctx.stats)
             and bool(state.plan.keep))
-
-
-def needs_weights_in_memory(opts) -> bool:
-    """Stages that run the edited model in ONNX Runtime from memory."""
-    return bool(opts.drop_blocks) or opts.has_calibration
 

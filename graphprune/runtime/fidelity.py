@@ -13,6 +13,11 @@ inputs) and their outputs are compared:
 data when a logits output exists (what a classifier's user feels), else `1 - cosine`. Top-1
 agreement on random inputs is not used for the gate: random inputs tend to land in one class for
 both models, so it stays at 1.0 long after the outputs have drifted.
+
+The two models run one after the other, each in its own session, so a big model and its pruned
+version are never in memory together; a model file is run from its path (its external data
+mapped by ONNX Runtime), a lazily loaded ModelProto from its store (see
+`graphprune.runtime.session`).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import numpy as np
 import onnx
 
 from ..ir.inputs import feed_batches, input_specs, random_feeds, static_batch, with_shapes
-from .session import DEFAULT_PROVIDER, run, session
+from ..ir.storage import WeightStore
+from .session import DEFAULT_PROVIDER, run, session, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +102,13 @@ def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
 
 def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
              seed: int = 0, calib_name: str | None = None, shapes: dict | None = None,
-             provider: str = DEFAULT_PROVIDER) -> dict:
-    """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring.
-    `shapes` fixes the dims of named inputs of the random samples."""
-    original, pruned = _proto(original), _proto(pruned)
-    osess, psess = session(original, provider=provider), session(pruned, provider=provider)
-    feeds = batches(original, calib, samples, seed, shapes)
-    ref, out = run_all(osess, feeds), run_all(psess, feeds)
+             provider: str = DEFAULT_PROVIDER, store: WeightStore | None = None) -> dict:
+    """Fidelity of `pruned` to `original` (ModelProtos or paths; `store`: the weights of a
+    lazily loaded `pruned`); see the module docstring. `shapes` fixes the dims of named inputs
+    of the random samples."""
+    feeds = batches(_graph(original), calib, samples, seed, shapes)
+    ref = _outputs(original, feeds, None, provider)
+    out = _outputs(pruned, feeds, store, provider)
     res = compare_outputs(ref, out, use_top1=calib is not None)
     n = sum(len(next(iter(f.values()))) if f else 1 for f in feeds)
     res["inputs"] = f"calib:{calib_name}" if calib is not None else "random"
@@ -110,5 +116,16 @@ def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_
     return res
 
 
-def _proto(m):
-    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m))
+def _outputs(model, feeds: list[dict], store: WeightStore | None,
+             provider: str) -> dict[str, np.ndarray]:
+    """Outputs of one model on every feed; its session is gone when this returns."""
+    src = model if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return run_all(session(src, store=store, provider=provider), feeds)
+    finally:
+        trim_heap()
+
+
+def _graph(m) -> onnx.ModelProto:
+    """The model's graph (for its inputs), without reading any weight."""
+    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m), load_external_data=False)
