@@ -180,6 +180,7 @@ def test_taps_stream_batches_within_the_budget(llama, monkeypatch):
     feeds = {"input_ids": np.random.default_rng(2).integers(0, VOCAB, (10, 16)).astype(np.int64)}
     names = [f"layers.{i}.mlp_residual" for i in range(3)]
     per_sample = 3 * 16 * 256 * 4
+    monkeypatch.setattr(runtime_taps, "SMALL_MODEL_BYTES", 0)  # the big-model budget
     monkeypatch.setattr(runtime_taps, "TAP_MIN_BYTES", 3 * per_sample)
     monkeypatch.setattr(runtime_taps, "TAP_MAX_BYTES", 3 * per_sample)
     token = WEIGHTS.set(store)
@@ -188,6 +189,23 @@ def test_taps_stream_batches_within_the_budget(llama, monkeypatch):
     finally:
         WEIGHTS.reset(token)
     assert sizes == [1, 3, 3, 3]
+    assert runtime_taps.tap_budget(model) == 3 * per_sample
+
+
+def test_tap_budget_follows_the_model_size():
+    from onnx import helper
+
+    def model(nbytes):  # weights declared in external data: only their size matters here
+        t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[nbytes // 4],
+                        data_location=TensorProto.EXTERNAL)
+        g = helper.make_graph([], "g", [], [], [t])
+        return helper.make_model(g)
+
+    mb = 1 << 20
+    assert runtime_taps.tap_budget(model(20 * mb)) == 256 * mb  # small: large batches
+    assert runtime_taps.tap_budget(model(480 * mb)) == 16 * mb
+    assert runtime_taps.tap_budget(model(3000 * mb)) == 3000 * mb // 32
+    assert runtime_taps.tap_budget(model(20000 * mb)) == 256 * mb
 
 
 def test_a_result_whose_weights_stay_on_disk_runs_before_it_is_saved(llama, tmp_path):

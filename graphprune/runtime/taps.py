@@ -7,7 +7,8 @@ else chunks), so only one batch of activations is alive at a time.
 
 A model with a symbolic batch streams its samples: the first runs alone, and the batches that
 follow hold as many samples as fit `tap_budget` (at most the caller's batch), so a multi-GB
-model tapped at every layer holds one window's activations, not thirty-two. A lazily loaded
+model tapped at every layer holds one window's activations, not thirty-two, while small models
+keep their large batches. A lazily loaded
 model runs with its weights where they are (see `graphprune.runtime.session`); the session's
 memory goes back to the system when the last batch is done.
 """
@@ -22,17 +23,22 @@ from ..ir.inputs import feed_batches, input_specs, symbolic_batch
 from ..ir.storage import weight_bytes
 from .session import run, session, trim_heap
 
-# Tapped values of one batch (when the batch is symbolic): 1/TAP_FRACTION of the model's
-# weights, within [TAP_MIN_BYTES, TAP_MAX_BYTES]. A batch's run holds about three times its taps
-# (ONNX Runtime's buffers, their numpy copies, the intermediates), so a big model's peak stays
-# near its own size.
+# Tapped values of one batch (when the batch is symbolic). A model under SMALL_MODEL_BYTES of
+# weights gets TAP_MAX_BYTES (its activations, not its weights, set its memory); a bigger one
+# 1/TAP_FRACTION of its weights, within [TAP_MIN_BYTES, TAP_MAX_BYTES]: a batch's run holds
+# about three times its taps (ONNX Runtime's buffers, their numpy copies, the intermediates), so
+# a big model's peak stays near its own size.
+SMALL_MODEL_BYTES = 256 << 20
 TAP_FRACTION = 32
 TAP_MIN_BYTES = 16 << 20
 TAP_MAX_BYTES = 256 << 20
 
 
 def tap_budget(model: onnx.ModelProto) -> int:
-    return min(TAP_MAX_BYTES, max(TAP_MIN_BYTES, weight_bytes(model) // TAP_FRACTION))
+    w = weight_bytes(model)
+    if w < SMALL_MODEL_BYTES:
+        return TAP_MAX_BYTES
+    return min(TAP_MAX_BYTES, max(TAP_MIN_BYTES, w // TAP_FRACTION))
 
 
 def with_taps(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
