@@ -79,9 +79,12 @@ class Consumer:
         return np.moveaxis(m.reshape(moved), -1, self.w_axis)
 
     def row_outputs(self, shape) -> np.ndarray:
-        """For every matrix row, the output channel it feeds (bias index)."""
-        idx = np.indices(shape)[self.out_axis]
-        return np.moveaxis(idx, self.w_axis, -1).reshape(-1, shape[self.w_axis])[:, 0]
+        """For every matrix row, the output channel it feeds (bias index): rows enumerate the
+        weight's other axes in order, so the output axis' index is a digit of the row number."""
+        rest = [int(d) for k, d in enumerate(shape) if k != self.w_axis]
+        k = self.out_axis - (self.out_axis > self.w_axis)
+        rows = np.arange(int(np.prod(rest, dtype=np.int64)))
+        return (rows // int(np.prod(rest[k + 1:], dtype=np.int64))) % rest[k]
 
 
 def find_consumers(dg: DependencyGraph) -> list[Consumer]:
