@@ -9,8 +9,9 @@ The MACs ratio is reported next to the measured speedup because it is the ideal 
 between the two says how much of the removed work the runtime actually turns into time.
 
 Models whose files together exceed `INTERLEAVE_MAX_BYTES` are timed one after the other
-instead, each in its own fresh process (`latency_method: "sequential"`), so a big model and its
-pruned version are never in memory together. Every model runs from a file: a ModelProto is
+instead, each in its own fresh processes, in the order A B B A (`latency_method: "sequential"`),
+so a big model and its pruned version are never in memory together and a linear drift in load
+still hits both alike. Every model runs from a file: a ModelProto is
 written to a temporary folder first (one whose weights stay on disk, with the store's arrays).
 """
 from __future__ import annotations
@@ -159,8 +160,9 @@ def _stats(ms: list[float], batch: int) -> dict:
 def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, batch: int = 1,
             provider: str = "CPUExecutionProvider", seed: int = 0,
             show_progress: bool = False, shapes: dict | None = None,
-            placement: bool = True) -> dict:
-    """Time one model in the current process; `benchmark()` runs this in a fresh child."""
+            placement: bool = True, samples: bool = False) -> dict:
+    """Time one model in the current process; `benchmark()` runs this in a fresh child.
+    `samples`: also return every timed run (`samples_ms`)."""
     import onnxruntime  # noqa: F401  (imported before the baseline is taken)
 
     peak_reset = _reset_peak()
@@ -177,10 +179,34 @@ def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, bat
     out = {**_stats(ms, real_batch), "session_load_s": load_s,
            "peak_rss_bytes": max(_peak_rss_bytes(), _rss_bytes()),
            "baseline_rss_bytes": base_rss, "peak_from_baseline": peak_reset,
-           "providers": sess.get_providers()}
+           "providers": sess.get_providers(), **({"samples_ms": ms} if samples else {})}
     del sess  # the profiled session below loads the model again: never both at once
     if placement:  # after the peak was read: the profiled session does not count
         out["placement"] = node_placement(path, feeds, threads, provider)
+    return out
+
+
+def measure_sequential(paths: list[str], warmup: int = 5, repeats: int = 50,
+                       show_progress: bool = False, **kw) -> list[dict]:
+    """Time models one at a time, each in its own fresh process, in the order A B … B A: every
+    model's runs are split between a pass forward and a pass backward, so a load that drifts
+    linearly during the measurement hits all models alike. Memory: the larger peak of a
+    model's two processes; node placement from the first."""
+    first = (repeats + 1) // 2
+    order = list(range(len(paths))) + (list(reversed(range(len(paths)))) if repeats > 1 else [])
+    parts: list[list[dict]] = [[] for _ in paths]
+    for step, k in enumerate(order):
+        n = first if step < len(paths) else repeats - first
+        parts[k].append(_in_child(measure, paths[k], warmup=warmup, repeats=n, samples=True,
+                                  placement=step < len(paths), show_progress=show_progress,
+                                  **kw))
+    out = []
+    for runs in parts:
+        r = dict(runs[0])
+        ms = [x for run in runs for x in run.pop("samples_ms")]
+        r.update(_stats(ms, r["batch"]))
+        r["peak_rss_bytes"] = max(run["peak_rss_bytes"] for run in runs)
+        out.append(r)
     return out
 
 
@@ -309,8 +335,8 @@ def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int
     """Benchmark several models for comparison: latency interleaved in one child process
     (`measure_interleaved`), and with `memory` the peak RSS of each model in its own fresh
     child (a session plus a few runs); above `INTERLEAVE_MAX_BYTES` each model alone in its own
-    child, one after the other (latency and memory together). Same result keys as
-    `benchmark`; `cost(model)` gets the ModelProto or the path."""
+    children, one after the other (`measure_sequential`: latency and memory together). Same
+    result keys as `benchmark`; `cost(model)` gets the ModelProto or the path."""
     _check(threads, warmup, repeats, batch, provider)
     provider = resolve_provider(provider)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
@@ -323,8 +349,8 @@ def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int
         try:
             if sum(sizes) > INTERLEAVE_MAX_BYTES:
                 method = "sequential"
-                lat = mem = [_in_child(measure, p, warmup=warmup, repeats=repeats,
-                                       show_progress=progress, **kw) for p in paths]
+                lat = mem = measure_sequential(paths, warmup=warmup, repeats=repeats,
+                                               show_progress=progress, **kw)
             else:
                 method = "interleaved"
                 lat = _in_child(measure_interleaved, paths, warmup=warmup, repeats=repeats,
