@@ -235,21 +235,26 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 feeds=str(calib) if calib is not None and calib.is_file() else None,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
-                progress=progress, in_memory=measure, defer_validation=not measure,
+                progress=progress, defer_validation=not measure,
                 requantize=not whole_blocks,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
                                  steps))
     gates = []
-    if measure:
-        gates = _measure(res, model, cal, calib, html_out, benchmark or min_speedup is not None,
-                         threads, repeats, max_drop, min_speedup, seed, quiet, provider,
-                         input_shapes)
+
+    def measure_written(staged: str) -> None:
+        # the staged files, before anything is renamed into place: nothing is written when a
+        # measurement fails, and a big model's rewritten weights are no longer held in memory
+        gates[:] = _measure(res, model, cal, calib, html_out,
+                            benchmark or min_speedup is not None, threads, repeats, max_drop,
+                            min_speedup, seed, quiet, provider, input_shapes, staged)
+
     # every artifact is rendered and staged first; they land together or not at all
     with OutputSet(protect=inputs) as outputs:
         if out_dir is not None:
             make_out_dir(outputs, out_dir)
-        res.save(out, external_data=external_data, outputs=outputs)
+        res.save(out, external_data=external_data, outputs=outputs,
+                 check=measure_written if measure else None)
         stage_side_files(res, model, Path(out), outputs, folder=out_dir is not None)
         if report:
             outputs.add_text(report, json.dumps(res.report, indent=2) + "\n")
@@ -310,9 +315,10 @@ def _calib_options(criterion, calib, calib_random, preprocess, labels, compensat
 
 def _measure(res, model, cal, calib, html_out, benchmark, threads, repeats, max_drop,
              min_speedup, seed, quiet, provider="CPUExecutionProvider",
-             input_shapes=None) -> list[dict]:
-    """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate.
-    `cal`: the checked --calib data (`calib`, its path, names it in the report)."""
+             input_shapes=None, written: str | None = None) -> list[dict]:
+    """Fidelity (and latency) of the written model (`written`: its staged path) into the
+    report, then the gates; see graphprune.pipeline.measure.evaluate_result. `cal`: the
+    checked --calib data (`calib`, its path, names it in the report)."""
     from ..pipeline.measure import check_gates, evaluate_result
     from ..progress import progress_enabled
 
@@ -320,7 +326,8 @@ def _measure(res, model, cal, calib, html_out, benchmark, threads, repeats, max_
                     seed=seed, progress=progress_enabled(quiet), provider=provider,
                     input_shapes=input_shapes,
                     calib=cal.feeds if cal is not None else None,
-                    calib_name=Path(calib).name if calib is not None else None)
+                    calib_name=Path(calib).name if calib is not None else None,
+                    pruned=written)
     if html_out:
         from ..report.html import attach_unit_scores
 

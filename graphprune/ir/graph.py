@@ -90,6 +90,7 @@ class GraphView:
         self.folded: dict[str, np.ndarray] = {}  # statically computable values (see fold.py)
         self.folded_reads: dict[str, set[str]] = {}  # folded value -> tensors whose sizes it read
         self.partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (value, known mask)
+        self.same_shape: dict[str, str] = {}  # tensor added by a pass -> one of its shape
         self._collect_consts()
         # block-quantized weights: logical name -> QuantWeight, reading node output -> name
         self.quant, self.quant_of = quant.find(self)

@@ -16,6 +16,7 @@ from ..runtime.session import resolve_provider
 
 CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")  # read calibration samples
 STATS_CRITERIA = ("wanda", "flap", "obspa", "amp")  # read consumer statistics
+GRAM_CRITERIA = ("obspa", "amp")  # read the channel Gram matrices (E[x xᵀ]), not only diagonals
 COMPENSATIONS = ("flap", "obspa")
 
 

@@ -38,7 +38,7 @@ from ..transforms.select import (Target, apply_protect, group_ratios, params_mea
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
 from .plans import fingerprint, plan_from
-from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode
+from .options import CALIB_CRITERIA, GRAM_CRITERIA, STATS_CRITERIA, compensation_mode
 from .state import PruneState, Source
 
 
@@ -63,8 +63,9 @@ def input_plan(model: onnx.ModelProto, opts) -> InputPlan:
 
 # ------------------------------------------------------------------------------ stages
 def read(state: PruneState) -> None:
-    """The model to work on. From a file, large external weights stay on disk unless the run
-    needs them in memory (passes that run the edited model in ONNX Runtime)."""
+    """The model to work on. From a file, large external weights stay on disk: every stage,
+    ONNX Runtime's runs included, reads them there. `in_memory` loads them into the proto
+    instead, for models a ModelProto can hold (up to 2 GB)."""
     model = state.input
     if isinstance(model, onnx.ModelProto):
         check_tensor_storage(model, None)
@@ -80,10 +81,7 @@ def read(state: PruneState) -> None:
     path = Path(model)
     work, store, files = open_model(path)
     size = path.stat().st_size + sum(f.stat().st_size for f in files)
-    if state.in_memory and store is not None:
-        if size > TWO_GB:
-            raise UserError(f"{path}: --drop-blocks, --calib, --benchmark and --html need the "
-                            "weights in memory, which is not possible for models over 2 GB")
+    if state.in_memory and store is not None and size <= TWO_GB:
         store.materialize(work)
         store = None
     state.source = Source(work, str(path), str(path), size, store, list(files))
@@ -167,7 +165,7 @@ def drop_blocks(state: PruneState) -> None:
         raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
                         "residual blocks")
     cal = state.calibration
-    feeds = (depth.split_feeds(work, cal.feeds) if cal is not None
+    feeds = (cal.feeds if cal is not None
              else depth.calibration_feeds(work, state.view, seed=opts.seed))
     depth.score_blocks(work, blocks, feeds, state.runner)
     depth.drop_blocks(work, blocks, opts.drop_blocks)
@@ -193,10 +191,12 @@ def statistics(state: PruneState) -> None:
     opts, cal = state.options, state.calibration
     # consumer statistics serve the statistics-based criteria and compensation; lrp runs the
     # model itself, magnitude/random need nothing (the samples may be there for depth scoring)
-    stats = (opts.criterion in STATS_CRITERIA or callable(opts.criterion)
-             or compensation_mode(opts) is not None)
+    mode = compensation_mode(opts)
+    custom = callable(opts.criterion)  # a criterion function may read any statistic
+    stats = opts.criterion in STATS_CRITERIA or custom or mode is not None
+    gram = custom or opts.criterion in GRAM_CRITERIA or mode == "obspa"
     ctx = build_context(state.graph, cal, state.runner, data_free=opts.criterion == "obspa",
-                        stats=stats)
+                        stats=stats, gram=gram)
     ctx.source = cal.source if cal is not None else (
         "data-free" if opts.criterion == "obspa" else "none")
     ctx.samples = cal.n if cal is not None else 0
@@ -318,10 +318,12 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def validate(state: PruneState) -> None:
-    """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
-    whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
-    state.fidelity = runtime_validate.validate(state.source.original, state.source.work,
-                                               seed=state.options.seed, ref=state.reference,
+    """Checker, ONNX Runtime run and output signature of the pruned model, before anything is
+    written (a model whose weights stay on disk runs from them and from the store's arrays;
+    with `defer_validation` this happens at save time instead, see `PruneResult.save`)."""
+    src = state.source
+    state.fidelity = runtime_validate.validate(src.original, src.work, seed=state.options.seed,
+                                               ref=state.reference, store=src.store,
                                                provider=state.options.provider, io=state.io)
 
 
@@ -378,8 +380,9 @@ def validating(state: PruneState) -> bool:
     return state.options.validate
 
 
-def validating_in_memory(state: PruneState) -> bool:
-    return state.options.validate and not (state.source.lazy or state.defer_validation)
+def validating_now(state: PruneState) -> bool:
+    """Validation in the validate stage (unless it is deferred to the written files)."""
+    return state.options.validate and not state.defer_validation
 
 
 def calibrating(state: PruneState) -> bool:
@@ -399,9 +402,4 @@ def compensating(state: PruneState) -> bool:
     ctx = state.calib_ctx
     return (compensation_mode(state.options) is not None and ctx is not None and bool(ctx.stats)
             and bool(state.plan.keep))
-
-
-def needs_weights_in_memory(opts) -> bool:
-    """Stages that run the edited model in ONNX Runtime from memory."""
-    return bool(opts.drop_blocks) or opts.has_calibration
 

@@ -13,6 +13,11 @@ inputs) and their outputs are compared:
 data when a logits output exists (what a classifier's user feels), else `1 - cosine`. Top-1
 agreement on random inputs is not used for the gate: random inputs tend to land in one class for
 both models, so it stays at 1.0 long after the outputs have drifted.
+
+The two models run one after the other, each in its own session, so a big model and its pruned
+version are never in memory together; a model file is run from its path (its external data
+mapped by ONNX Runtime), a lazily loaded ModelProto from its store (see
+`graphprune.runtime.session`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import onnx
 
 from ..ir.inputs import (feed_batches, input_specs, random_feeds, sample_inputs, static_batch,
                          with_shapes)
-from .session import DEFAULT_PROVIDER, run, session
+from ..ir.storage import WeightStore
+from .session import DEFAULT_PROVIDER, run, session, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -147,27 +153,38 @@ def compare_outputs(ref: dict, out: dict, use_top1: bool = True) -> dict:
 
 def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_SAMPLES,
              seed: int = 0, calib_name: str | None = None, shapes: dict | None = None,
-             provider: str = DEFAULT_PROVIDER, inputs=None, io=None) -> dict:
-    """Fidelity of `pruned` to `original` (ModelProtos or paths); see the module docstring.
-    `shapes` fixes the dims of named inputs of the random samples; `inputs`: the prune's
-    `InputPlan` (sizes and values random inputs take). `io` (a
-    `graphprune.ir.cache.IoChanges`): how the pruned model's inputs and outputs differ (a KV
-    cache's heads): both are compared on what the pruned model keeps."""
-    original, pruned = _proto(original), _proto(pruned)
-    osess, psess = session(original, provider=provider), session(pruned, provider=provider)
-    feeds = batches(original, calib, samples, seed, shapes, inputs)
-    ref = run_all(osess, feeds)
+             provider: str = DEFAULT_PROVIDER, inputs=None, io=None,
+             store: WeightStore | None = None) -> dict:
+    """Fidelity of `pruned` to `original` (ModelProtos or paths; `store`: the weights of a
+    lazily loaded `pruned`); see the module docstring. `shapes` fixes the dims of named inputs
+    of the random samples; `inputs`: the prune's `InputPlan` (sizes and values random inputs
+    take). `io` (a `graphprune.ir.cache.IoChanges`): how the pruned model's inputs and outputs
+    differ (a KV cache's heads): both are compared on what the pruned model keeps."""
+    feeds = batches(_graph(original), calib, samples, seed, shapes, inputs)
+    ref = _outputs(original, feeds, None, provider)
     if io:
-        out, ref = run_all(psess, [io.apply(f) for f in feeds]), io.apply(ref)
+        out = _outputs(pruned, [io.apply(f) for f in feeds], store, provider)
+        ref = io.apply(ref)
     else:
-        out = run_all(psess, feeds)
+        out = _outputs(pruned, feeds, store, provider)
     res = compare_outputs(ref, out, use_top1=calib is not None)
-    sampled = sample_inputs(input_specs(original))
+    sampled = sample_inputs(input_specs(_graph(original)))
     n = sum(min((len(v) for k, v in f.items() if k in sampled), default=1) for f in feeds)
     res["inputs"] = f"calib:{calib_name}" if calib is not None else "random"
     res["samples"] = int(n)
     return res
 
 
-def _proto(m):
-    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m))
+def _outputs(model, feeds: list[dict], store: WeightStore | None,
+             provider: str) -> dict[str, np.ndarray]:
+    """Outputs of one model on every feed; its session is gone when this returns."""
+    src = model if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return run_all(session(src, store=store, provider=provider), feeds)
+    finally:
+        trim_heap()
+
+
+def _graph(m) -> onnx.ModelProto:
+    """The model's graph (for its inputs), without reading any weight."""
+    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m), load_external_data=False)

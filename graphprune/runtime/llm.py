@@ -29,14 +29,15 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
 class Decoder:
-    """A causal LM (path or ModelProto) in ONNX Runtime, with or without a KV cache."""
+    """A causal LM (path or ModelProto; `store`: the weights of a lazily loaded one) in ONNX
+    Runtime, with or without a KV cache."""
 
-    def __init__(self, model, threads: int = 0, output: str | None = None):
+    def __init__(self, model, threads: int = 0, output: str | None = None, store=None):
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
             str(model), load_external_data=False)
         self.specs = input_specs(proto)  # read once: every call (each token) reuses them
         self.sess = session(model if isinstance(model, onnx.ModelProto) else str(model),
-                            threads=threads)
+                            threads=threads, store=store)
         self.output = output or self.sess.get_outputs()[0].name
         self.cache = has_cache(self.specs)
         cache = cache_tensors(proto)
@@ -94,11 +95,12 @@ class Decoder:
 
 
 def ort_logits(model, threads: int = 0, output: str | None = None,
-               incremental: bool = False) -> LogitsFn:
-    """Logits function of an ONNX causal LM (path or ModelProto) whose only input is token ids
+               incremental: bool = False, store=None) -> LogitsFn:
+    """Logits function of an ONNX causal LM (path or ModelProto; `store`: the weights of a
+    lazily loaded one, e.g. a `PruneResult`'s) whose only input is token ids
     (other text inputs are filled like `graphprune.ir.inputs.text_feeds`; a KV cache starts
     empty). `incremental`: computed token by token on the cache (see `Decoder`)."""
-    dec = Decoder(model, threads=threads, output=output)
+    dec = Decoder(model, threads=threads, output=output, store=store)
     return dec.incremental if incremental else dec.logits
 
 

@@ -6,8 +6,11 @@ ONNX Runtime cannot load or run is refused up front (graphprune checks every pru
 ONNX Runtime, so it prunes only models ONNX Runtime runs), and for big models the original's
 session is gone before the pruned model is loaded, so the two never share memory.
 
-Models whose weights stay on disk are validated from the written files (`validate_file`): the
-checker on the path, ONNX Runtime from the path, before the files are renamed into place.
+A pruned model whose weights stay on disk is validated the same way, before anything is
+written: ONNX Runtime reads its unchanged weights from the input's data files and its rewritten
+ones from the store's arrays, in place (see `graphprune.runtime.session`). Any model can instead
+be validated from its written files (`validate_file`): the checker on the path, ONNX Runtime
+from the path, before the files are renamed into place.
 
 Two exceptions, both reported: graph inputs/outputs that pruning changed on purpose (the head
 axis of a KV cache, the cache pair of a dropped attention block: `io`, an
@@ -27,6 +30,7 @@ from ..ir.sanity import check_model_relative, first_line
 from ..ir.input_sizes import InputPlan, plan_inputs
 from ..ir.inputs import InputSpec, concrete_shapes, with_shapes
 from ..ir.shapes import inference_copy
+from ..ir.storage import WeightStore
 from .fidelity import cosine_fidelity
 from .isolate import Pending, start
 from .session import DEFAULT_PROVIDER, background_threads, run, session, session_specs
@@ -121,17 +125,19 @@ def _reference(original, seed: int, low_memory: bool, plan: InputPlan | None,
 
 def validate(original: onnx.ModelProto | str | None, pruned: onnx.ModelProto, seed: int = 0,
              original_sess=None, ref: Reference | Pending | None = None,
-             provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None) -> dict:
-    """Run all checks on an in-memory pruned model; returns fidelity numbers on the random
-    inputs used. `ref` (from `reference`, or a `start_reference` still running) saves running
-    the original again. The ONNX checker (on the graph without weight bytes) runs here while
-    ONNX Runtime runs the pruned model in a child. `original` (a model or its path) is checked
-    too when the pruned model fails the checker, so faults it brought along are only noted
-    (in the returned dict's ``input_faults``)."""
+             provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None,
+             store: WeightStore | None = None) -> dict:
+    """Run all checks on a pruned model (its weights in the proto, or on disk and in `store`);
+    returns fidelity numbers on the random inputs used. `ref` (from `reference`, or a
+    `start_reference` still running) saves running the original again. The ONNX checker (on
+    the graph without weight bytes) runs here while ONNX Runtime runs the pruned model in a
+    child. `original` (a model or its path) is checked too when the pruned model fails the
+    checker, so faults it brought along are only noted (in the returned dict's
+    ``input_faults``)."""
     if ref is None:
         ref = reference(original, seed, original_sess=original_sess)
-    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=False, provider=provider,
-                        io=io, original=original)
+    return _checked_run(pruned, inference_copy(pruned), ref, low_memory=store is not None,
+                        provider=provider, io=io, original=original, store=store)
 
 
 def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True,
@@ -144,13 +150,13 @@ def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True,
 
 def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool,
                  provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None,
-                 original=None) -> dict:
+                 original=None, store: WeightStore | None = None) -> dict:
     """ONNX Runtime runs `pruned` in a child on the reference's inputs (as the pruned model
     takes them: `io`) while the ONNX checker checks `checked` here, relative to `original`;
     then the outputs are compared with the reference."""
     if isinstance(ref, Pending):
         ref = ref.result()
-    run_ = start(_run_pruned, pruned, _mapped(ref[0], io), low_memory, provider,
+    run_ = start(_run_pruned, pruned, _mapped(ref[0], io), low_memory, provider, store,
                  fork=provider == DEFAULT_PROVIDER,
                  crash=lambda why: ValidationError(f"onnxruntime crashed ({why}) running the "
                                                    "pruned model"))
@@ -198,8 +204,11 @@ def _signature(value) -> str:
     return type(value).__name__
 
 
-def _run_pruned(pruned, feeds: dict, low_memory: bool, provider: str = DEFAULT_PROVIDER) -> dict:
+def _run_pruned(pruned, feeds: dict, low_memory: bool, provider: str = DEFAULT_PROVIDER,
+                store: WeightStore | None = None) -> dict:
     try:
-        return run(session(pruned, low_memory=low_memory, provider=provider), feeds)
+        return run(session(pruned, low_memory=low_memory, provider=provider, store=store), feeds)
+    except UserError:
+        raise
     except Exception as e:
         raise ValidationError(f"onnxruntime cannot run the pruned model: {first_line(e, 300)}") from e

@@ -125,6 +125,7 @@ def _add_to_bias(view: GraphView, rw: Rewriter, c: Consumer, d_out: np.ndarray, 
     y = node.output[0]
     mid = rw.fresh_name(f"{y}_nobias")
     node.output[0] = mid
+    view.same_shape[mid] = y  # so the pruned model's MACs still count the MatMul
     add = helper.make_node("Add", [mid, name], [y], name=rw.fresh_name(f"{base}_add"))
     new_nodes.append((node, add))
     return "added (Add node)"

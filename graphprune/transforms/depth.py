@@ -26,6 +26,8 @@ from ..calibration.stats import Runner
 from ..ir import GraphView, subgraph_outer_names
 from ..ir.inputs import input_specs, random_feeds
 
+BATCH = 8  # samples per run of block scoring (fewer when their activations are large)
+
 
 SKIP_NORMS = {"SkipSimplifiedLayerNormalization": "SimplifiedLayerNormalization",
               "SkipLayerNormalization": "LayerNormalization"}
@@ -121,13 +123,15 @@ def find_residual_blocks(view: GraphView) -> list[ResidualBlock]:
     return blocks
 
 
-def score_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], feeds_list,
-                 runner: Runner) -> None:
-    """1 − mean row cosine between the stream before and after each block (the model runs on
-    each batch of `feeds_list` through `runner`, with every block's input and output tapped)."""
+def score_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], feeds: dict,
+                 runner: Runner, batch: int = BATCH) -> None:
+    """1 − row cosine between the stream before and after each block, averaged over every row
+    (token, pixel) of the samples in `feeds` (arrays with samples on axis 0). The model runs
+    through `runner` with every block's input and output tapped, a batch at a time; only the
+    running sums are kept."""
     names = list(dict.fromkeys(t for b in blocks for t in (b.skip, b.branch)))
-    totals = np.zeros(len(blocks))
-    for outs in runner.each(model, names, feeds_list):
+    totals, rows = np.zeros(len(blocks)), np.zeros(len(blocks))
+    for _, outs in runner.taps(model, names, feeds, batch):
         for k, b in enumerate(blocks):
             x = outs[b.skip].astype(np.float64)
             y = x + outs[b.branch]
@@ -135,26 +139,18 @@ def score_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], feeds_list
             y = y.reshape(-1, y.shape[-1])
             den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
             cos = np.where(den > 0, (x * y).sum(1) / np.maximum(den, 1e-30), 1.0)
-            totals[k] += float(np.mean(1.0 - cos))
+            totals[k] += float(np.sum(1.0 - cos))
+            rows[k] += len(cos)
     for k, b in enumerate(blocks):
-        b.score = totals[k] / max(len(feeds_list), 1)
+        b.score = totals[k] / max(rows[k], 1)
 
 
-def split_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                batch: int = 8) -> list[dict[str, np.ndarray]]:
-    """Calibration arrays (samples on axis 0) as a list of batches for `score_blocks`: `batch`
-    samples each (bounded memory), or the model's static batch size."""
-    for i in model.graph.input:
-        dims = i.type.tensor_type.shape.dim
-        if i.name in feeds and dims and dims[0].HasField("dim_value"):
-            batch = dims[0].dim_value
-    n = len(next(iter(feeds.values())))
-    return [{k: v[s:s + batch] for k, v in feeds.items()} for s in range(0, n, batch)]
-
-
-def calibration_feeds(model: onnx.ModelProto, view: GraphView, n: int = 4, seed: int = 0):
+def calibration_feeds(model: onnx.ModelProto, view: GraphView, n: int = 4,
+                      seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for block scoring: token ids over the whole vocabulary of the embedding
-    they index (not just 0/1), other inputs standard normal; symbolic sizes 1 × 16."""
+    they index (not just 0/1), other inputs standard normal; symbolic sizes 1 × 16 (a KV cache
+    empty, as in a prefill, so samples batch together); `n` such samples (batches of the
+    model's static batch size) stacked on axis 0."""
     specs = input_specs(model)
     vocab: dict[str, int] = {}
     for node in view.graph.node:
@@ -166,12 +162,12 @@ def calibration_feeds(model: onnx.ModelProto, view: GraphView, n: int = 4, seed:
     feeds_list = []
     rng = np.random.default_rng(seed)
     for k in range(n):
-        feeds = random_feeds(specs, seed=seed + k, dynamic=16)
+        feeds = random_feeds(specs, seed=seed + k, dynamic=16, past=0)
         for name, hi in vocab.items():
             if name in feeds:
                 feeds[name] = rng.integers(0, hi, size=feeds[name].shape).astype(feeds[name].dtype)
         feeds_list.append(feeds)
-    return feeds_list
+    return {k: np.concatenate([f[k] for f in feeds_list], axis=0) for k in feeds_list[0]}
 
 
 def drop_blocks(model: onnx.ModelProto, blocks: list[ResidualBlock], n: int) -> list[ResidualBlock]:

@@ -418,6 +418,9 @@ def shapes_after(view: GraphView, keep: dict[tuple[str, int], np.ndarray]) -> di
         s = shapes.get(name)
         if s is not None and axis < len(s):
             shapes[name] = s[:axis] + (int(len(pos)),) + s[axis + 1:]
+    for name, like in view.same_shape.items():  # tensors added after the analysis
+        if like in shapes:
+            shapes[name] = shapes[like]
     return shapes
 
 
