@@ -15,8 +15,8 @@ fp32 and int4 folders, Optimum's export with past) and every setting (unpruned;
 ``--ratio 0 --drop-blocks 4`` scored on the same text; int4 also with ``--whole-blocks``, and
 the default prune's units zeroed in the unpruned int4 model instead of removed, which is the
 same prune without the re-quantization of partial blocks: the error re-quantizing adds), the
-model is pruned into a folder (``-o DIR/``), loaded by ONNX Runtime and scored on held-apart
-text with the perplexity setup of ``benchmarks/llm_perplexity.py`` (256-token windows, each
+model is pruned into a folder (``PruneResult.save_folder``, what ``--out-dir DIR`` writes),
+loaded by ONNX Runtime and scored on held-apart text with the perplexity setup of ``benchmarks/llm_perplexity.py`` (256-token windows, each
 from an empty past); GenAI folders also generate "The capital of France is" with
 ``onnxruntime_genai`` (greedy, when installed; plain ONNX Runtime on the KV cache otherwise).
 Prints a markdown table with each perplexity as a ratio to the same prune of the plain export
