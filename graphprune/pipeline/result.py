@@ -13,6 +13,7 @@ from ..analysis.graph import DependencyGraph
 from ..ir import WEIGHTS
 from ..ir.cache import IoChanges
 from ..ir.files import check_outputs, stage_model
+from ..ir.shapes import inference_copy
 from ..ir.load import data_files
 from ..ir.writer import OutputSet
 from ..ir.storage import WeightStore
@@ -100,7 +101,7 @@ class PruneResult:
             if ref is not None:
                 fid = runtime_validate.validate_file(
                     tmp, ref, low_memory=self.store is not None, provider=self.provider,
-                    io=self.io, original=self.source)
+                    io=self.io, original=self.source, checked=inference_copy(self.model))
                 self.report["fidelity"] = fid
                 if fid.get("input_faults"):
                     self.report["input_faults"] = fid["input_faults"]

@@ -9,8 +9,8 @@ session is gone before the pruned model is loaded, so the two never share memory
 A pruned model whose weights stay on disk is validated the same way, before anything is
 written: ONNX Runtime reads its unchanged weights from the input's data files and its rewritten
 ones from the store's arrays, in place (see `graphprune.runtime.session`). Any model can instead
-be validated from its written files (`validate_file`): the checker on the path, ONNX Runtime
-from the path, before the files are renamed into place.
+be validated from its written files (`validate_file`): ONNX Runtime from the path, the checker
+on the same graph without its weight bytes, before the files are renamed into place.
 
 Two exceptions, both reported: graph inputs/outputs that pruning changed on purpose (the head
 axis of a KV cache, the cache pair of a dropped attention block: `io`, an
@@ -142,10 +142,14 @@ def validate(original: onnx.ModelProto | str | None, pruned: onnx.ModelProto, se
 
 def validate_file(path: str, ref: Reference | Pending, low_memory: bool = True,
                   provider: str = DEFAULT_PROVIDER, io: IoChanges | None = None,
-                  original: onnx.ModelProto | str | None = None) -> dict:
-    """All checks on a written model file (its external data beside it): the ONNX checker on
-    the file while ONNX Runtime runs it in a child."""
-    return _checked_run(str(path), str(path), ref, low_memory, provider, io, original)
+                  original: onnx.ModelProto | str | None = None,
+                  checked: onnx.ModelProto | None = None) -> dict:
+    """All checks on a written model file (its external data beside it): ONNX Runtime runs the
+    file in a child while the ONNX checker checks `checked` (the same graph in memory, without
+    its weight bytes: see `inference_copy`; reading a big file back costs more than the check)
+    or else the file."""
+    return _checked_run(str(path), checked if checked is not None else str(path), ref,
+                        low_memory, provider, io, original)
 
 
 def _checked_run(pruned, checked, ref: Reference | Pending, low_memory: bool,
