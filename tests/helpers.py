@@ -7,7 +7,8 @@ from onnx import numpy_helper
 
 from graphprune.runtime import session as ortb
 from graphprune.ops.registry import ROLE_IN
-from graphprune.ir import GraphView
+from graphprune.ir import GraphView, quant
+from graphprune.transforms.untie import untie_shared_constants
 
 
 def run(model: onnx.ModelProto, feeds: dict) -> dict:
@@ -26,9 +27,11 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
     """
     m = onnx.ModelProto()
     m.CopyFrom(original)
+    untie_shared_constants(m)  # the same per-reader copies the analysis names its members by
     view = GraphView(m)
     dg, plan = result.graph, result.plan
     edits: dict[str, np.ndarray] = {}
+    parts: dict[str, quant.Parts] = {}
     for gid, kept in plan.keep.items():
         grp = dg.groups[gid]
         for mem in grp.members:
@@ -38,13 +41,24 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
             drop = np.flatnonzero(~np.isin(units, kept))
             if not len(drop):
                 continue
+            c = view.consts.get(mem.tensor)
+            if c is not None and c.kind == "quantized":  # codes set to the zero point: exact 0
+                p = parts.get(mem.tensor) or quant.read_parts(c.proto, view.const_value)
+                parts[mem.tensor] = quant.zeroed(p, mem.axis, drop)
+                continue
             val = edits.get(mem.tensor)
             if val is None:
                 val = np.array(view.const_value(mem.tensor))
             idx = [slice(None)] * val.ndim
             idx[mem.axis] = drop
-            val[tuple(idx)] = 0
+            val[tuple(idx)] = zero_of(view, mem.tensor, val)[tuple(idx)]
             edits[mem.tensor] = val
+    for name, p in parts.items():
+        qw = view.consts[name].proto
+        ranks = {"codes": len(view.consts[qw.codes].shape),
+                 "scales": len(view.consts[qw.scales].shape),
+                 "zp": len(view.consts[qw.zero_points].shape) if qw.zero_points else 0}
+        edits.update(quant.stored(p, ranks))
     for name, val in edits.items():
         c = view.consts[name]
         tensor = numpy_helper.from_array(val.astype(c.dtype), name)
@@ -57,6 +71,33 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
             del node.attribute[:]
             node.attribute.append(onnx.helper.make_attribute("value", tensor))
     return m
+
+
+def zero_of(view: GraphView, name: str, val: np.ndarray) -> np.ndarray:
+    """The stored values that mean 0 for a constant: 0, or for a quantized weight its zero
+    point (broadcast along the axis it is given for)."""
+    from graphprune.ir.dequant import _SLOTS, _expand
+    from graphprune.ir import attr
+
+    zero = np.zeros_like(val)
+    for node in view.consumers.get(name, []):
+        for k, i in enumerate(node.input):
+            slot = _SLOTS.get(node.op_type, {}).get(k)
+            if i != name or slot is None:
+                continue
+            ins = list(node.input) + [""] * 12
+            if not ins[slot[1]]:
+                return zero
+            zp = np.asarray(view.const_value(ins[slot[1]]))
+            axis = slot[2]
+            if axis is None:
+                axis = int(attr(node, "axis", 1))
+            elif axis == "gemm":
+                axis = 0 if int(attr(node, "transB", 0)) else 1
+            block = int(attr(node, "block_size", 0) or 0)
+            z = _expand(zp, val, axis % val.ndim, block)
+            return np.broadcast_to(z, val.shape).astype(val.dtype)
+    return zero
 
 
 def assert_equivalent(original: onnx.ModelProto, result, atol=1e-4, rtol=1e-4, seed=0):

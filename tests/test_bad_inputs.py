@@ -211,12 +211,18 @@ def test_names_are_drawn_as_plain_text_in_the_html(tmp_path):
 def test_input_failing_the_full_checker_is_the_inputs_fault(tmp_path):
     """Item 10. An input ONNX Runtime runs but the ONNX checker's full check refuses (its
     declared output shape contradicts shape inference). Before: reported as "the pruned model
-    failed validation", as if pruning had broken it."""
+    failed validation", as if pruning had broken it. The fault is the input's: the pruned
+    model is written, the report names the fault (`input_faults`) and the summary says the
+    input already fails the checker; only a fault the pruning adds fails validation."""
     m = conv_model()
     m.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 5  # really 6
     p = tmp_path / "m.onnx"
     p.write_bytes(m.SerializeToString())
-    refused_untouched(tmp_path, [p], "the input model already fails the ONNX checker's full check")
+    r = cli(p, "-o", tmp_path / "o.onnx", "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert "the input already fails the ONNX checker" in r.stdout
+    faults = json.loads((tmp_path / "r.json").read_text())["input_faults"]
+    assert len(faults) == 1 and "differ in dimension" in faults[0]
 
 
 def test_grouped_conv_with_group_zero_analyzes(tmp_path):

@@ -74,6 +74,26 @@ def test_pair_speedup_is_median_ratio(pruned):
     assert a["file_bytes"] < b["file_bytes"]
 
 
+def test_big_pairs_are_timed_one_after_the_other(pruned, monkeypatch):
+    """Above the interleaving limit each model runs alone in its own processes, A B B A, half
+    the repeats per pass; the numbers keep their keys and meaning."""
+    from graphprune.runtime import bench as runtime_bench
+
+    calls = []
+    real = runtime_bench._in_child
+    monkeypatch.setattr(runtime_bench, "INTERLEAVE_MAX_BYTES", 0)
+    monkeypatch.setattr(runtime_bench, "_in_child", lambda fn, path, **kw: calls.append(
+        (fn.__name__, Path(path).name, kw["repeats"])) or real(fn, path, **kw))
+    pair = bench.benchmark_pair(str(DEMO), pruned, repeats=5, warmup=1)
+    assert calls == [("measure", "demo.onnx", 3), ("measure", "model1.onnx", 3),
+                     ("measure", "model1.onnx", 2), ("measure", "demo.onnx", 2)]
+    b, a = pair["before"], pair["after"]
+    assert b["latency_method"] == a["latency_method"] == "sequential"
+    check_result(b)
+    check_result(a)
+    assert "samples_ms" not in b and pair["compare"]["speedup"] > 0
+
+
 def test_bad_provider_and_settings():
     with pytest.raises(UserError, match="not available"):
         bench.benchmark(str(DEMO), provider="NoSuchExecutionProvider")

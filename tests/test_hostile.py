@@ -475,6 +475,29 @@ def test_validation_failure_writes_nothing(previous_output, monkeypatch):
     r = cli(p, "-o", out / "o.onnx", "--ratio", "0.1")
     assert_refused(r, "the pruned model failed validation, nothing written: onnx checker")
     assert snapshot(out) == before
+    # measuring runs validate the model before it is written, weights on disk or not
+    monkeypatch.setattr(graphprune.runtime.validate, "validate", fail)
+    r = cli(p, "-o", out / "o.onnx", "--ratio", "0.1", "--benchmark")
+    assert_refused(r, "the pruned model failed validation, nothing written: onnx checker")
+    assert snapshot(out) == before
+
+
+def test_measurement_failure_writes_nothing(previous_output, monkeypatch):
+    """Fidelity and the benchmark run on the written files before they are renamed into place:
+    a failure there leaves the previous output as it was and no temporary file."""
+    from graphprune.errors import UserError
+    from graphprune.pipeline import measure
+
+    p, out = previous_output
+    before = snapshot(out)
+
+    def fail(*a, **k):
+        raise UserError("onnxruntime cannot run the model: simulated")
+
+    monkeypatch.setattr(measure.bench, "benchmark_pair", fail)
+    r = cli(p, "-o", out / "o.onnx", "--ratio", "0.1", "--benchmark", "--report", out / "r.json")
+    assert_refused(r, "onnxruntime cannot run the model: simulated")
+    assert snapshot(out) == before
 
 
 def test_save_model_failure_keeps_existing_file(tmp_path, monkeypatch):

@@ -107,8 +107,15 @@ class AnalyzeContext:
             self.block(n, None, reason)
 
     def role(self, name: str, axis: int, role: str) -> None:
-        if name and self.view.is_const(name):
+        """The role of a constant's axis. A role stated on a tensor computed from constants
+        only (a dequantized, cast, reshaped or transposed weight) reaches the constants it is
+        computed from once the graph is built (`roles.propagate_roles`)."""
+        if not name:
+            return
+        if self.view.is_const(name):
             self.dg.roles[(name, axis)] = role
+        else:
+            self.dg.pending_roles.append(((name, axis), role))
 
     def virtual(self, suffix: str, size: int) -> str:
         """A virtual tensor (e.g. the `group` axis of a grouped conv) of shape [size]."""
@@ -131,7 +138,9 @@ class AnalyzeContext:
         """Axis `i` of `x` is split row-major into axes `jj` of `y` ([C] → [d0, ..., dk]).
 
         One output axis carries the units, the others are blocked (see `Policy.split`): with
-        "major" input position c is head c // (d1·...·dk), so a unit is a whole head; with
+        "major" a unit is a whole head: position c of the input is head (c // stride) % d of
+        the first part the graph does not block (a fused QKV's [3, H, D] picks H, since q, k
+        and v are taken apart along the 3), resolved once every rule ran; with
         "minor" c ↔ c % dk, so a unit is "position j of every block" (a channel shuffle's
         channel j of each group); with "block" the split is frozen.
         """
@@ -142,18 +151,17 @@ class AnalyzeContext:
                 self.block(y, j, why)
             self.block(x, i, why)
             return
+        if mode == "major":  # which part enumerates the heads is decided once all rules ran
+            self.dg.pending_splits.append((self.node, x, i, y, list(jj), what))
+            self.touched.add((x, i))
+            self.touched.update((y, j) for j in jj)
+            return
         n = self.static_dim(x, i)
         dims = [self.static_dim(y, j) for j in jj]
         c = np.arange(n)
-        if mode == "major":
-            chosen, src = jj[0], c // int(np.prod(dims[1:], dtype=np.int64))
-            self.dg.head_axes.add((y, chosen))
-        else:
-            chosen, src = jj[-1], c % dims[-1]
-        self.couple(x, i, y, chosen, (c, src))
-        for j in jj:
-            if j != chosen:
-                self.block(y, j, f"{what} splits an axis; only one of its parts is pruned")
+        self.couple(x, i, y, jj[-1], (c, c % dims[-1]))
+        for j in jj[:-1]:
+            self.block(y, j, f"{what} splits an axis; only one of its parts is pruned")
 
     def approximate_norm(self, x: str, approximate, exact) -> None:
         """The node normalizes `x` over its last axis. `approximate()` states the couplings
@@ -164,6 +172,14 @@ class AnalyzeContext:
             self.dg.hidden_axes.add((x, self.rank(x) - 1))
         else:
             exact()
+
+    def quantization_blocks(self, name: str, axis: int, block: int, whole_blocks) -> None:
+        """Positions of this axis share quantization parameters in blocks of `block`: removing
+        some positions of a block means re-quantizing its other values (an approximation).
+        `whole_blocks()` states the couplings under which only whole blocks go (exact); the
+        policy picks."""
+        if not self.dg.policy.requantize:
+            whole_blocks()
 
     def mark_heads(self, name: str, axis: int) -> None:
         """This axis enumerates attention heads (a fused attention op's head axis)."""

@@ -74,10 +74,19 @@ class Policy:
     block, a channel shuffle) or "block" (frozen: heads exist but are not to be pruned).
     `approximate_norms`: whether an axis a norm normalizes over may shrink (hidden-size pruning
     of a transformer: the norm's statistics are then taken over the kept features).
+    `cache_heads`: whether the head axis of a decoder's KV-cache inputs and outputs
+    (`graphprune.ir.cache`) shrinks with the key/value heads: the one exception to "a graph
+    input or output freezes its axes" (the model's I/O signature then changes, and the report
+    says how).
+    `requantize`: whether the contraction axis of a block-quantized weight may lose single
+    positions (its blocks are then re-quantized with the same bits and block size) or only
+    whole quantization blocks (byte-exact).
     """
 
     split: str = "minor"
     approximate_norms: bool = False
+    cache_heads: bool = False
+    requantize: bool = True
 
 
 class DependencyGraph:
@@ -90,6 +99,8 @@ class DependencyGraph:
         self.edges: list[tuple[DimNode, DimNode, np.ndarray | None, np.ndarray | None]] = []
         self.blocked: dict[DimNode, str] = {}
         self.roles: dict[DimNode, str] = {}
+        self.pending_roles: list[tuple[DimNode, str]] = []  # roles stated on computed tensors
+        self.pending_splits: list[tuple] = []  # head splits, resolved after all rules
         self.groups: list[Group] = []
         self.group_of: dict[DimNode, int] = {}
         self.policy = Policy()
@@ -97,6 +108,7 @@ class DependencyGraph:
         self.has_attention = False
         self.hidden_axes: set[DimNode] = set()  # axes normalized over by LayerNorm/RMSNorm
         self.unsupported_ops: dict[str, int] = {}
+        self.cache_io: dict[str, int] = {}  # KV-cache graph inputs/outputs -> their head axis
 
     # --------------------------------------------------------------- building blocks
     def add_dim(self, dn: DimNode) -> None:

@@ -23,15 +23,19 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from ..ir.inputs import InputSpec, concrete_shape, input_specs, static_batch
+from ..ir.inputs import InputSpec, concrete_shape, input_specs, sample_inputs, static_batch
 
 MAX_CALIB_BYTES = 1 << 30  # samples held in memory at once (what validation allows an input)
 MAX_RANDOM_SAMPLES = 1 << 14
 
 
-def check_feeds(model: onnx.ModelProto, feeds: dict, where: str = "") -> dict[str, np.ndarray]:
+def check_feeds(model: onnx.ModelProto, feeds: dict, where: str = "",
+                ragged: bool = False) -> dict[str, np.ndarray]:
     """The arrays for every graph input of `model`, checked (see the module docstring) and
-    cast to the inputs' dtypes. `where` prefixes every message (e.g. the file name)."""
+    cast to the inputs' dtypes. `where` prefixes every message (e.g. the file name). Inputs
+    without a samples axis (a scalar, a recurrent state [layers, batch, hidden] next to inputs
+    with a symbolic batch: `sample_inputs`) are fed whole; with `ragged`, arrays may disagree
+    on their number of samples (one feed, not samples: a time-major input and its lengths)."""
     specs = input_specs(model)
     missing = [s.name for s in specs if s.name not in feeds]
     if missing:
@@ -40,17 +44,29 @@ def check_feeds(model: onnx.ModelProto, feeds: dict, where: str = "") -> dict[st
     out: dict[str, np.ndarray] = {}
     n = None
     total = 0
+    sampled = sample_inputs(specs)
+    lead = None  # the leading dim of the first input with a samples axis
     for spec in specs:
-        a = _checked(np.asarray(feeds[spec.name]), spec, where)
-        if n is not None and len(a) != n:
-            raise UserError(f"{where}arrays have different numbers of samples ({n} and "
-                            f"{len(a)} for '{spec.name}')")
-        n = len(a)
+        whole = spec.name not in sampled
+        a = _checked(np.asarray(feeds[spec.name]), spec, where, whole)
         total += a.nbytes
         out[spec.name] = a
+        if whole:
+            continue
+        # leading dims of different names (x [seq, batch, 8] beside lengths [batch]) are no
+        # common samples axis: such arrays are one feed
+        other_dim = lead is not None and isinstance(spec.shape[0], str) and \
+            isinstance(lead, str) and spec.shape[0] != lead
+        if n is not None and len(a) != n and not (ragged or other_dim):
+            raise UserError(f"{where}arrays have different numbers of samples ({n} and "
+                            f"{len(a)} for '{spec.name}')")
+        lead = spec.shape[0] if lead is None else lead
+        n = len(a) if n is None else min(n, len(a))
     if total > MAX_CALIB_BYTES:
         raise UserError(f"{where}calibration data takes {total:,} bytes; at most "
                         f"{MAX_CALIB_BYTES:,} are accepted (give fewer samples)")
+    if n is None and not sampled:
+        n = 1  # only inputs fed whole
     if not n:
         raise UserError(f"{where}calibration data has no samples")
     b = static_batch(specs)
@@ -61,7 +77,8 @@ def check_feeds(model: onnx.ModelProto, feeds: dict, where: str = "") -> dict[st
         a = out.get(name)
         if a is None or not a.size:
             continue
-        bad = np.flatnonzero(((a < 0) | (a >= rows)).reshape(len(a), -1).any(axis=1))
+        bad = np.flatnonzero(((a < 0) | (a >= rows)).reshape(len(np.atleast_1d(a)), -1)
+                             .any(axis=1))
         if len(bad):
             row = a[bad[0]].reshape(-1)
             v = int(row[(row < 0) | (row >= rows)][0])
@@ -71,16 +88,16 @@ def check_feeds(model: onnx.ModelProto, feeds: dict, where: str = "") -> dict[st
     return out
 
 
-def _checked(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+def _checked(a: np.ndarray, spec: InputSpec, where: str, whole: bool = False) -> np.ndarray:
     name = spec.name
     target = np.dtype(spec.dtype)
     if a.dtype.kind not in "biuf":
         raise UserError(f"{where}array '{name}' has dtype {a.dtype}; the model input takes "
                         f"{target}")
-    if a.ndim != len(spec.shape) or a.ndim == 0:
+    if a.ndim != len(spec.shape) or (a.ndim == 0 and not whole):
         raise UserError(f"{where}array '{name}' has rank {a.ndim}, the model input has rank "
                         f"{len(spec.shape)} (samples go along axis 0)")
-    for k in range(1, a.ndim):
+    for k in range(0 if whole else 1, a.ndim):
         d = spec.shape[k]
         if isinstance(d, int) and d > 0 and a.shape[k] != d:
             want = ["N"] + [x if isinstance(x, int) and x > 0 else "?" for x in spec.shape[1:]]
@@ -89,7 +106,7 @@ def _checked(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     if a.dtype.kind == "f":
         finite = np.isfinite(a)
         if not finite.all():
-            k = int(np.argwhere(~finite)[0][0])
+            k = int(np.argwhere(np.atleast_1d(~finite))[0][0])
             raise UserError(f"{where}array '{name}' holds NaN or infinite values (sample {k})")
     if target.kind in "iu":
         if a.dtype.kind == "f" and a.size and not np.array_equal(a, np.round(a)):

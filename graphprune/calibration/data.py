@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
-from ..ir.inputs import input_specs, random_feeds as spec_feeds
+from ..ir.inputs import feed_batches, input_specs, random_feeds as spec_feeds, sample_inputs
 from .checks import MAX_CALIB_BYTES, check_feeds, check_random_count, read_labels
 
 
@@ -116,10 +116,13 @@ def random_feeds(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.
     return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
-def load_npz(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, model: onnx.ModelProto, ragged: bool = False
+             ) -> dict[str, np.ndarray]:
     """Arrays keyed by graph input name, samples along axis 0, checked against the model's
     inputs (`graphprune.calibration.checks.check_feeds`) and cast to their dtypes. Array sizes
-    are read from the file's headers first: nothing over MAX_CALIB_BYTES is decompressed."""
+    are read from the file's headers first: nothing over MAX_CALIB_BYTES is decompressed.
+    With `ragged`, arrays whose leading sizes disagree (a time-major input next to per-sample
+    lengths) are returned as they are: one feed, not samples."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such calibration file")
@@ -135,7 +138,7 @@ def load_npz(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         raise
     except Exception as e:
         raise UserError(f"{p}: not a readable .npz file ({_first_line(e)})") from e
-    return check_feeds(model, arrays, f"{p}: ")
+    return check_feeds(model, arrays, f"{p}: ", ragged=ragged)
 
 
 def _check_sizes(p: Path, z) -> None:
@@ -155,3 +158,39 @@ def _check_sizes(p: Path, z) -> None:
 def _first_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0][:200] if s else type(e).__name__
+
+
+def is_ragged(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether the arrays disagree on the number of samples along axis 0 (see `load_npz`)."""
+    sampled = sample_inputs(input_specs(model)) & set(arrays)
+    return len({len(arrays[k]) for k in sampled}) > 1
+
+
+def npz_batches(path: str | Path, model: onnx.ModelProto, chunk: int = 64
+                ) -> list[dict[str, np.ndarray]]:
+    """The feeds of a ``.npz`` file: its samples cut into the model's batches, or the arrays
+    as one feed when they are not samples along axis 0 (see `load_npz`)."""
+    arrays = load_npz(path, model, ragged=True)
+    if is_ragged(model, arrays):
+        return [arrays]
+    return feed_batches(input_specs(model), arrays, chunk=chunk)
+
+
+REFERENCE_SAMPLES = 8
+
+
+def reference_feeds(source, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+    """One batch of given inputs for the reference and validation runs: the first samples of
+    a ``.npz`` file or dict of arrays (at most `REFERENCE_SAMPLES`, or the model's static
+    batch); None for other sources (images, a number of random samples, nothing)."""
+    if isinstance(source, Calibration):
+        source = source.feeds
+    if isinstance(source, dict):
+        arrays = check_feeds(model, source, "input arrays: ", ragged=True)
+    elif isinstance(source, (str, Path)) and Path(source).is_file():
+        return npz_batches(source, model, chunk=REFERENCE_SAMPLES)[0]
+    else:
+        return None
+    if is_ragged(model, arrays):
+        return arrays
+    return feed_batches(input_specs(model), arrays, chunk=REFERENCE_SAMPLES)[0]

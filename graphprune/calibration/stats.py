@@ -96,18 +96,30 @@ class Consumer:
         return np.moveaxis(m.reshape(moved), -1, self.w_axis)
 
     def row_outputs(self, shape) -> np.ndarray:
-        """For every matrix row, the output channel it feeds (bias index)."""
-        idx = np.indices(shape)[self.out_axis]
-        return np.moveaxis(idx, self.w_axis, -1).reshape(-1, shape[self.w_axis])[:, 0]
+        """For every matrix row, the output channel it feeds (bias index): rows enumerate the
+        weight's other axes in order, so the output axis' index is a digit of the row number."""
+        rest = [int(d) for k, d in enumerate(shape) if k != self.w_axis]
+        k = self.out_axis - (self.out_axis > self.w_axis)
+        rows = np.arange(int(np.prod(rest, dtype=np.int64)))
+        return (rows // int(np.prod(rest[k + 1:], dtype=np.int64))) % rest[k]
 
 
 def find_consumers(dg: DependencyGraph) -> list[Consumer]:
-    """Every Conv/Gemm/MatMul whose constant weight has a ROLE_IN axis in a prunable group."""
+    """Every Conv/Gemm/MatMul whose constant weight has a ROLE_IN axis in a prunable group
+    (and every MatMulNBits: its logical weight W [N, K] is the matrix, K the input axis)."""
     view = dg.view
     in_members = {(m.tensor, m.axis) for g in dg.prunable_groups() for m in g.members
                   if m.role == ROLE_IN}
     out = []
     for node in view.graph.node:
+        qw = view.quantized(node) if node.op_type == "MatMulNBits" else None
+        if qw is not None and view.rank(node.input[0]):
+            ins = list(node.input) + [""] * 6
+            c = Consumer(node, "MatMulNBits", node.input[0], view.rank(node.input[0]) - 1,
+                         qw.name, 1, ins[5], 0)
+            if (c.w, c.w_axis) in in_members:
+                out.append(c)
+            continue
         if node.domain not in ("", "ai.onnx"):
             continue
         c = None
@@ -148,15 +160,16 @@ class ChannelStats:
     n: float = 0.0
     s1: np.ndarray | None = None
     s2: np.ndarray | None = None  # Σx² per channel (the Gram diagonal)
-    gram: np.ndarray | None = None  # Σ x xᵀ (None above MAX_GRAM channels)
+    gram: np.ndarray | None = None  # Σ x xᵀ (None above `max_gram` channels)
     source: str = "calibration"  # "calibration" | "batchnorm" | "identity"
+    max_gram: int = MAX_GRAM  # 0: no Gram matrix (criteria that read only the diagonal)
 
     def add(self, rows: np.ndarray) -> None:
         r = rows.astype(np.float64, copy=False)
         if self.s1 is None:
             c = r.shape[1]
             self.s1, self.s2 = np.zeros(c), np.zeros(c)
-            self.gram = np.zeros((c, c)) if c <= MAX_GRAM else None
+            self.gram = np.zeros((c, c)) if c <= self.max_gram else None
         self.n += r.shape[0]
         self.s1 += r.sum(0)
         self.s2 += np.einsum("ij,ij->j", r, r)
@@ -199,14 +212,16 @@ def stat_taps(consumers: list[Consumer]) -> list[tuple[str, int]]:
 
 
 def collect_stats(model: onnx.ModelProto, consumers: list[Consumer], cal: Calibration,
-                  runner: Runner, batch: int = BATCH) -> dict[tuple[str, int], ChannelStats]:
+                  runner: Runner, batch: int = BATCH,
+                  gram: bool = True) -> dict[tuple[str, int], ChannelStats]:
     """Run the model on the calibration feeds in batches (through `runner`); sums per
-    consumer input channel."""
+    consumer input channel (without the Gram matrices unless `gram`: at LLM widths they cost
+    more time and memory than the model itself)."""
     keys = stat_taps(consumers)
     if not keys:
         return {}
     names = sorted({t for t, _ in keys})
-    stats = {k: ChannelStats() for k in keys}
+    stats = {k: ChannelStats(max_gram=MAX_GRAM if gram else 0) for k in keys}
     for _, outs in runner.taps(model, names, cal.feeds, batch):
         for (t, ax), st in stats.items():
             st.add(_rows(np.asarray(outs[t]), ax))
@@ -300,15 +315,16 @@ def data_free_context(dg: DependencyGraph) -> CalibContext:
 
 
 def build_context(dg: DependencyGraph, cal: Calibration | None, runner: Runner | None = None,
-                  data_free: bool = False, batch: int = BATCH,
-                  stats: bool = True) -> CalibContext:
-    """Consumers and their statistics: measured on `cal` through `runner` (when `stats`), else
-    (with `data_free`) derived from the model's own BatchNorm parameters."""
+                  data_free: bool = False, batch: int = BATCH, stats: bool = True,
+                  gram: bool = True) -> CalibContext:
+    """Consumers and their statistics: measured on `cal` through `runner` (when `stats`; the
+    Gram matrices only with `gram`), else (with `data_free`) derived from the model's own
+    BatchNorm parameters."""
     ctx = CalibContext(consumers=find_consumers(dg), calibration=cal, runner=runner)
     if cal is not None:
         ctx.calibrated = True
         if stats:
-            ctx.stats = collect_stats(dg.view.model, ctx.consumers, cal, runner, batch)
+            ctx.stats = collect_stats(dg.view.model, ctx.consumers, cal, runner, batch, gram)
     elif data_free:
         ctx.stats = data_free_stats(dg, ctx.consumers)
     return ctx

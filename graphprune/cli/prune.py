@@ -13,6 +13,7 @@ from ..criteria import CRITERIA
 from ..errors import UserError, ValidationError
 from ..ir.files import check_outputs
 from ..ir.writer import OutputSet
+from ..pipeline.folder import check_out_dir, make_out_dir, model_file, stage_side_files
 from .app import EXIT_GATE, emit, fail, main, setup_logging
 from .recipe import config_option, deprecated_global, merge_global
 
@@ -72,7 +73,11 @@ PRUNE_OPTIONS = [
                                     "scoring and selecting."),
     click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
                  help="Static dims for symbolic input dims (shape inference, MACs, random "
-                      "validation inputs, benchmarks), e.g. input:1x3x224x224."),
+                      "validation inputs, benchmarks), e.g. input:1x3x224x224 (default: "
+                      "the --calib data's shapes, sizes the weights fix, guesses)."),
+    click.option("--input-values", default=None, metavar="NAME=VALUE,...",
+                 help="Values of inputs that need real ones (a sample rate: sr=16000), "
+                      "broadcast to the input's shape, for every ONNX Runtime run."),
     click.option("--provider", default="CPUExecutionProvider", show_default=True,
                  help="ONNX Runtime execution provider for calibration, validation and "
                       "benchmark (cpu, cuda, tensorrt, openvino, coreml or a full name)."),
@@ -128,6 +133,10 @@ PRUNE_OPTIONS = [
                       "--calib data for classifiers, else 1 - cosine)."),
     click.option("--min-speedup", type=float, default=None,
                  help="Gate (implies --benchmark): exit 1 when measured speedup < Y."),
+    click.option("--whole-blocks", "whole_blocks", is_flag=True,
+                 help="Block-quantized weights (MatMulNBits) lose only whole quantization "
+                      "blocks of their input axis (byte-exact) instead of single positions "
+                      "whose blocks are quantized again."),
 ]
 
 
@@ -155,11 +164,15 @@ def _progress(quiet: bool):
 
 @main.command("prune")
 @config_option("prune")
-@click.argument("model", type=_FILE)
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("out", type=_OUT, required=False)
 @click.option("-o", "--output", type=_OUT, default=None,
               help="Output file (default: MODEL.pruned.onnx beside the input; or give it as "
                    "the second argument).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a complete model folder instead: the model under its input name, "
+                   "the genai_config.json / config.json beside the input rewritten to the "
+                   "pruned sizes and the input folder's other files (tokenizer, ...) copied.")
 @prune_options
 @click.option("--report", type=_OUT, default=None, help="Write the JSON report here.")
 @click.option("--html", "html_out", type=_OUT, default=None,
@@ -169,19 +182,24 @@ def _progress(quiet: bool):
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, debug,
+def prune_cmd(model, out, output, out_dir, report, html_out, save_plan, quiet, as_json, debug,
               **options):
-    """Prune MODEL and write a smaller, valid ONNX model (to OUT, or -o)."""
+    """Prune MODEL (a model file or folder) and write a smaller, valid ONNX model (to OUT,
+    -o, or a model folder with --out-dir)."""
     setup_logging(debug)
     t0 = time.perf_counter()
     merge_global(options)
     if out is not None and output is not None and out != output:
         fail(f"two outputs given: {out} and -o {output}", debug)
-    out = out or output or str(default_output(model))
     try:
+        model = model_file(model)
+        if out_dir is not None and (out or output):
+            raise UserError("give either OUT / -o or --out-dir, not both")
+        out = str(out_dir / model.name) if out_dir is not None else (
+            out or output or str(default_output(model)))
         r, gates = run_prune(model, out, report=report, html_out=html_out, save_plan=save_plan,
                              progress=_progress(quiet or as_json), quiet=quiet or as_json,
-                             **options)
+                             out_dir=out_dir, **options)
     except UserError as e:
         fail(str(e), debug)
     except ValidationError as e:
@@ -196,22 +214,31 @@ def prune_cmd(model, out, output, report, html_out, save_plan, quiet, as_json, d
 
 
 def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
-              progress=None, quiet: bool = True, *, ratio, criterion, dims, drop_blocks,
-              global_rank, target_params, target_macs, ratio_for, max_ratio, round_to,
-              min_keep, protect, protect_op, allow_unmatched, steps, plan, input_shapes,
-              provider, external_data, seed, calib, calib_random, calib_text, tokenizer,
-              seq_len, preprocess, labels, compensate, benchmark, threads, repeats, max_drop,
-              min_speedup, reconstruct=None, correct="auto", allocate=None) -> tuple[dict, list]:
+              progress=None, quiet: bool = True, out_dir: Path | None = None, *, ratio,
+              criterion, dims, drop_blocks, global_rank, target_params, target_macs,
+              ratio_for, max_ratio, round_to, min_keep, protect, protect_op, allow_unmatched,
+              steps, plan, input_shapes, input_values, provider, external_data, seed, calib,
+              calib_random, calib_text, tokenizer, seq_len, preprocess, labels, compensate,
+              benchmark, threads, repeats, max_drop, min_speedup,
+              whole_blocks=False, reconstruct=None, correct="auto",
+              allocate=None) -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
-    check the calibration data, prune, measure, then write the model, its data file and the
-    reports together (see `graphprune.ir.writer`). Returns the report and the gates (also what
-    a `graphprune batch` job returns)."""
+    check the calibration data, prune, measure, then write the model, its data file, the
+    configuration and tokenizer files beside it (a model folder with `out_dir`) and the
+    reports together (see `graphprune.ir.writer`). Returns the report and the gates (also
+    what a `graphprune batch` job returns)."""
     from ..pipeline.pipeline import prune
 
     measure = bool(calib or html_out or benchmark or max_drop is not None
                    or min_speedup is not None)
     _check_numbers(max_drop, min_speedup, calib_random, seq_len, threads, repeats)
-    inputs = check_outputs(model, out, tuple(p for p in (report, html_out, save_plan) if p))
+    others = tuple(p for p in (report, html_out, save_plan) if p)
+    if out_dir is not None:
+        check_out_dir(model, out_dir)
+    if out_dir is not None and not out_dir.exists():  # made when the files are committed
+        inputs = check_outputs(model, out_dir.parent / f".{model.name}", others)
+    else:
+        inputs = check_outputs(model, out, others)
     cal = _load_calib(model, calib, preprocess, labels, seed) if calib is not None else None
     if criterion is None and plan is None:
         criterion = "magnitude"
@@ -220,22 +247,33 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 ratio_for=list(ratio_for), max_ratio=max_ratio, protect_op=list(protect_op),
                 allow_unmatched=allow_unmatched, steps=steps,
                 plan=str(plan) if plan else None, input_shapes=input_shapes,
+                input_values=input_values,
+                feeds=str(calib) if calib is not None and calib.is_file() else None,
                 provider=provider, round_to=round_to, min_keep=min_keep,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
-                progress=progress, in_memory=measure, defer_validation=not measure,
+                progress=progress, defer_validation=not measure,
+                requantize=not whole_blocks,
                 reconstruct=reconstruct, allocate=allocate,
                 correct=None if correct == "auto" else correct,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
                                  steps, bool(reconstruct) or correct not in ("auto", "none")))
     gates = []
-    if measure:
-        gates = _measure(res, model, cal, calib, html_out, benchmark or min_speedup is not None,
-                         threads, repeats, max_drop, min_speedup, seed, quiet, provider,
-                         input_shapes)
+
+    def measure_written(staged: str) -> None:
+        # the staged files, before anything is renamed into place: nothing is written when a
+        # measurement fails, and a big model's rewritten weights are no longer held in memory
+        gates[:] = _measure(res, model, cal, calib, html_out,
+                            benchmark or min_speedup is not None, threads, repeats, max_drop,
+                            min_speedup, seed, quiet, provider, input_shapes, staged)
+
     # every artifact is rendered and staged first; they land together or not at all
     with OutputSet(protect=inputs) as outputs:
-        res.save(out, external_data=external_data, outputs=outputs)
+        if out_dir is not None:
+            make_out_dir(outputs, out_dir)
+        res.save(out, external_data=external_data, outputs=outputs,
+                 check=measure_written if measure else None)
+        stage_side_files(res, model, Path(out), outputs, folder=out_dir is not None)
         if report:
             outputs.add_text(report, json.dumps(res.report, indent=2) + "\n")
         if save_plan:
@@ -296,9 +334,10 @@ def _calib_options(criterion, calib, calib_random, preprocess, labels, compensat
 
 def _measure(res, model, cal, calib, html_out, benchmark, threads, repeats, max_drop,
              min_speedup, seed, quiet, provider="CPUExecutionProvider",
-             input_shapes=None) -> list[dict]:
-    """Fidelity (and latency) into the report, then the gates; see graphprune.evaluate.
-    `cal`: the checked --calib data (`calib`, its path, names it in the report)."""
+             input_shapes=None, written: str | None = None) -> list[dict]:
+    """Fidelity (and latency) of the written model (`written`: its staged path) into the
+    report, then the gates; see graphprune.pipeline.measure.evaluate_result. `cal`: the
+    checked --calib data (`calib`, its path, names it in the report)."""
     from ..pipeline.measure import check_gates, evaluate_result
     from ..progress import progress_enabled
 
@@ -306,7 +345,8 @@ def _measure(res, model, cal, calib, html_out, benchmark, threads, repeats, max_
                     seed=seed, progress=progress_enabled(quiet), provider=provider,
                     input_shapes=input_shapes,
                     calib=cal.feeds if cal is not None else None,
-                    calib_name=Path(calib).name if calib is not None else None)
+                    calib_name=Path(calib).name if calib is not None else None,
+                    pruned=written)
     if html_out:
         from ..report.html import attach_unit_scores
 

@@ -99,6 +99,8 @@ def _flag_values(key: str, value):
         return [f"{p}={r}" for p, r in value.items()]
     if key == "input_shapes" and isinstance(value, dict):
         return ",".join(f"{n}:{'x'.join(str(d) for d in dims)}" for n, dims in value.items())
+    if key == "input_values" and isinstance(value, dict):
+        return ",".join(f"{n}={v}" for n, v in value.items())
     if key == "ratios" and isinstance(value, list):
         return ",".join(str(r) for r in value)
     if key == "dims" and isinstance(value, list):

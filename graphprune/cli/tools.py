@@ -15,19 +15,26 @@ from .recipe import config_option, deprecated_global
 
 
 @main.command("analyze")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--all", "show_all", is_flag=True, help="Also list frozen groups with no weights.")
-@click.option("--input-shapes", default=None, metavar="NAME:DxD...,...",
-              help="Static dims for symbolic input dims, e.g. input:1x3x224x224.")
+@click.option("--input-shapes", default=None, metavar="NAME:D1xD2...,...",
+              help="Sizes of symbolic input dims for the runs that observe shapes.")
+@click.option("--input-values", default=None, metavar="NAME=VALUE,...",
+              help="Values of inputs that need real values (sr=16000).")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Real inputs (.npz, samples on axis 0) for those runs.")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-def analyze_cmd(model, as_json, show_all, input_shapes, debug):
+def analyze_cmd(model, as_json, show_all, input_shapes, input_values, calib, debug):
     """List coupled groups, their prunable units, and frozen groups with the reason."""
+    from ..pipeline.folder import model_in
     from ..pipeline.pipeline import analyze_model
 
     setup_logging(debug)
     try:
-        _, dg = analyze_model(str(model), input_shapes=input_shapes)
+        _, dg = analyze_model(str(model_in(model) if model.is_dir() else model),
+                              input_shapes=input_shapes, input_values=input_values,
+                              feeds=str(calib) if calib else None)
     except UserError as e:
         fail(str(e), debug)
     rows = []

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
+from ..analysis.cost import is_param
 from ..analysis.graph import DependencyGraph
 from ..ir import GraphView, attr
+from ..ir.dequant import float_value
 from ..ops.registry import ROLE_IN, ROLE_OUT
 from .registry import criterion
 
@@ -28,7 +30,9 @@ def slice_power_sums(view: GraphView, name: str, axes, p: float) -> dict[int, np
     w = np.asarray(view.const_value(name))
     if w.ndim == 0:
         return {a: np.zeros(1) for a in axes}
-    if w.dtype not in (np.float32, np.float64):
+    if not np.issubdtype(w.dtype, np.floating):
+        w = float_value(view, name)  # quantized: its real values (per-channel scales)
+    elif w.dtype not in (np.float32, np.float64):
         w = w.astype(np.float32)
     powered = w * w if p == 2 else np.abs(w) ** p
     out = {}
@@ -41,14 +45,14 @@ def slice_power_sums(view: GraphView, name: str, axes, p: float) -> dict[int, np
 
 
 def _weight_members(dg: DependencyGraph) -> dict[str, list[int]]:
-    """Floating-point weight members of the prunable groups: tensor -> axes."""
+    """Weight members (parameters of any dtype, see `is_param`) of the prunable groups:
+    tensor -> axes."""
     out: dict[str, list[int]] = {}
     for grp in dg.prunable_groups():
         for m in grp.members:
             if m.role not in (ROLE_OUT, ROLE_IN):
                 continue
-            dt = dg.view.consts[m.tensor].dtype
-            if not np.issubdtype(dt, np.floating) and "float" not in str(dt):
+            if not is_param(dg.view, m.tensor):
                 continue
             out.setdefault(m.tensor, []).append(m.axis)
     return out

@@ -3,7 +3,8 @@ loading, sanity checks, shape inference and folding, graph inputs, and writing f
 
 Nothing here prunes and nothing here runs ONNX Runtime.
 """
+from . import quant
 from .graph import WEIGHTS, ConstSource, Dim, GraphView, attr, shapes_from_model, subgraph_outer_names
 
-__all__ = ["WEIGHTS", "ConstSource", "Dim", "GraphView", "attr", "shapes_from_model",
+__all__ = ["quant", "WEIGHTS", "ConstSource", "Dim", "GraphView", "attr", "shapes_from_model",
            "subgraph_outer_names"]

@@ -46,7 +46,7 @@ def external_proto(model: onnx.ModelProto, location: str,
 
 def stage_model(out: OutputSet, model: onnx.ModelProto, path: str | os.PathLike,
                 external_data: bool = False, store: WeightStore | None = None,
-                validate: Callable[[str], None] | None = None) -> int:
+                validate: Callable[[str], None] | None = None, rebase: bool = True) -> int:
     """Stage `model` for `path` in `out` (it is renamed into place when the set commits, with
     the set's other files), `validate(staged_model_path)` if given. Returns the bytes staged
     (model + data file).
@@ -55,7 +55,8 @@ def stage_model(out: OutputSet, model: onnx.ModelProto, path: str | os.PathLike,
     weights are on disk (a lazily loaded model) and when the model would not fit one protobuf
     (> 2 GB). After such a write `model` and `store` refer to the data file as it will lie once
     committed, and the store's in-memory arrays are released; should the set abort instead,
-    the store says the model can no longer be saved.
+    the store says the model can no longer be saved. `rebase` off (a copy written for a
+    measurement): the model and store stay as they are.
     """
     if store is not None and store.broken:
         raise UserError(store.broken)
@@ -72,7 +73,7 @@ def stage_model(out: OutputSet, model: onnx.ModelProto, path: str | os.PathLike,
     proto = external_proto(model, data.name, placed)
     staged = out.add_model(path, proto.SerializeToString(), data)
     del proto
-    if store is not None:  # release the arrays before validation loads the model
+    if store is not None and rebase:  # release the arrays before validation loads the model
         store.rebase(model, str(data.path.parent), data.name, placed)
 
         def broken() -> None:
@@ -88,13 +89,13 @@ def stage_model(out: OutputSet, model: onnx.ModelProto, path: str | os.PathLike,
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool = False,
                store: WeightStore | None = None,
                validate: Callable[[str], None] | None = None,
-               protect: Iterable[str | os.PathLike] = ()) -> int:
+               protect: Iterable[str | os.PathLike] = (), rebase: bool = True) -> int:
     """`stage_model` in an `OutputSet` of its own, committed at once. `protect`: files that
     must never be replaced or removed (the input model and its data files; the data files the
     store reads are always protected)."""
     protect = list(protect) + (sorted(store.source_files(model)) if store is not None else [])
     with OutputSet(protect=protect) as out:
-        size = stage_model(out, model, path, external_data, store, validate)
+        size = stage_model(out, model, path, external_data, store, validate, rebase)
     return size
 
 

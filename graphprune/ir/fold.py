@@ -126,6 +126,21 @@ def _const_of_shape(view, node, vals):
     return np.full(shape, v)
 
 
+def _reduce(fn):
+    def fold(view, node, vals):
+        x = np.asarray(vals[0])
+        axes = attr(node, "axes")
+        if axes is None and len(vals) > 1 and vals[1] is not None:
+            axes = _ints(vals[1])
+        if not axes:
+            if int(attr(node, "noop_with_empty_axes", 0)):
+                return x
+            axes = list(range(x.ndim))
+        keep = bool(int(attr(node, "keepdims", 1)))
+        return fn(x, axis=tuple(int(a) % max(x.ndim, 1) for a in axes), keepdims=keep)
+    return fold
+
+
 FOLDERS = {
     "Shape": _shape, "Size": _size, "Gather": _gather, "Concat": _concat,
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Cast": _cast,
@@ -138,6 +153,9 @@ FOLDERS = {
     "Max": lambda v, n, x: np.maximum.reduce(x), "Min": lambda v, n, x: np.minimum.reduce(x),
     "Equal": lambda v, n, x: np.equal(x[0], x[1]), "Where": lambda v, n, x: np.where(*x),
     "Floor": lambda v, n, x: np.floor(x[0]), "Ceil": lambda v, n, x: np.ceil(x[0]),
+    # tf2onnx's Tensordot and flatten targets: ReduceProd over a slice of a shape vector
+    "ReduceProd": _reduce(np.prod), "ReduceSum": _reduce(np.sum),
+    "ReduceMax": _reduce(np.max), "ReduceMin": _reduce(np.min),
 }
 NEEDS_NO_VALUES = {"Shape", "Size"}
 
@@ -217,6 +235,8 @@ def _out_mask(view, node, fn, ins, ms, out):
         return np.ones(np.shape(out), dtype=bool)
     if op == "Concat":
         return np.concatenate([np.atleast_1d(m) for m in ms], axis=int(attr(node, "axis", 0)))
+    if op.startswith("Reduce"):  # an entry is known when every entry it reduces is
+        return _reduce(np.all)(view, node, [ms[0]] + ins[1:])
     if op in MOVE_OPS:
         if any(m is not None and not m.all() for m in ms[1:]):
             return None  # indices/params themselves partly unknown
@@ -279,3 +299,41 @@ def merge_probed(shapes: dict, probed: dict) -> dict:
         else:
             merged[name] = tuple(c if isinstance(c, int) else p for c, p in zip(cur, ps))
     return merged
+
+
+def view_at(model: onnx.ModelProto, input_shapes: dict[str, list[int]],
+            fallback: GraphView | None = None) -> GraphView:
+    """A view of `model` whose shapes are those at concrete input sizes: shape inference and
+    folding on a weightless copy whose graph inputs have `input_shapes`. Sizes still unknown
+    there are taken from `fallback` where it knows them statically."""
+    scratch = inference_copy(model)
+    for vi in scratch.graph.input:
+        sizes = input_shapes.get(vi.name)
+        if sizes is None or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(sizes):
+            continue
+        for d, n in zip(dims, sizes):
+            d.Clear()
+            d.dim_value = int(n)
+    shapes = infer_shapes(scratch)
+    view = GraphView(model, shapes)
+    for _ in range(4):  # each round of folding can let inference see further
+        view.folded = fold_static_values(view)
+        if not view.folded:
+            break
+        before = len([v for v in view.shapes.values() if v is not None])
+        view.set_shapes(refine_shapes(scratch, view.shapes, view.folded))
+        if len([v for v in view.shapes.values() if v is not None]) == before:
+            break
+    if fallback is not None:
+        merged = dict(view.shapes)
+        for name, fs in fallback.shapes.items():
+            cur = merged.get(name)
+            if cur is None or len(cur) != len(fs):
+                merged[name] = fs
+            else:
+                merged[name] = tuple(c if isinstance(c, int) else f for c, f in zip(cur, fs))
+        view.set_shapes(merged)
+    return view

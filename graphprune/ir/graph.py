@@ -7,7 +7,9 @@ producers, consumers, static shapes from shape inference, and *constant sources*
 A constant source is anything whose value is fixed at export time and that pruning may have to
 slice: an initializer, the output of a `Constant` node, or the output of a `ConstantOfShape` whose
 shape input is itself constant (some converters store weights that way). Treating all three alike
-means no pass needs to know how a weight was stored.
+means no pass needs to know how a weight was stored. A block-quantized weight (MatMulNBits,
+GatherBlockQuantized: `graphprune.ir.quant`) is one more: a logical constant
+``<codes>::dequantized`` [N, K] whose value is dequantized from its stored parts.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Iterable
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from . import quant
 
 Dim = int | str | None  # a static size, a symbolic name, or None when unknown
 
@@ -37,8 +41,8 @@ class ConstSource:
     """Where a constant tensor lives and how to read/replace it."""
 
     name: str
-    kind: str  # "initializer" | "constant_node" | "constant_of_shape"
-    proto: object  # TensorProto (initializer) or NodeProto (Constant / ConstantOfShape)
+    kind: str  # "initializer" | "constant_node" | "constant_of_shape" | "quantized"
+    proto: object  # TensorProto (initializer), NodeProto (Constant / ConstantOfShape), QuantWeight
     shape: tuple[int, ...]
     dtype: np.dtype
 
@@ -86,7 +90,14 @@ class GraphView:
         self.folded: dict[str, np.ndarray] = {}  # statically computable values (see fold.py)
         self.folded_reads: dict[str, set[str]] = {}  # folded value -> tensors whose sizes it read
         self.partial: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (value, known mask)
+        self.same_shape: dict[str, str] = {}  # tensor added by a pass -> one of its shape
         self._collect_consts()
+        # block-quantized weights: logical name -> QuantWeight, reading node output -> name
+        self.quant, self.quant_of = quant.find(self)
+        self.quant_storage = {t for q in self.quant.values() for t in q.storage}
+        for name, q in self.quant.items():
+            self.consts[name] = ConstSource(name, "quantized", q, (q.n, q.k),
+                                            np.dtype(self.consts[q.scales].dtype))
         self.shapes: dict[str, tuple[Dim, ...]] = dict(shapes or {})
         for name, c in self.consts.items():
             self.shapes[name] = tuple(c.shape)
@@ -148,6 +159,10 @@ class GraphView:
             val = read_external_tensor(c.proto, self.store)
             if c.numel > CACHE_EXTERNAL_ELEMENTS:
                 return val
+        elif c.kind == "quantized":
+            val = quant.dequantize(quant.read_parts(c.proto, self.const_value))
+            if c.numel > CACHE_EXTERNAL_ELEMENTS:
+                return val
         elif c.kind == "initializer":
             val = numpy_helper.to_array(c.proto)
         elif c.kind == "constant_node":
@@ -171,6 +186,14 @@ class GraphView:
 
     def forget_value(self, name: str) -> None:
         self._value_cache.pop(name, None)
+        for q in self.quant.values():
+            if name in q.storage:
+                self._value_cache.pop(q.name, None)
+
+    def quantized(self, node: onnx.NodeProto) -> "quant.QuantWeight | None":
+        """The block-quantized weight a MatMulNBits / GatherBlockQuantized node reads."""
+        name = self.quant_of.get(node.output[0]) if node.output else None
+        return self.quant.get(name) if name else None
 
     # ------------------------------------------------------------------ shapes
     def set_shapes(self, shapes: dict[str, tuple[Dim, ...]]) -> None:

@@ -256,3 +256,44 @@ def check_model(model: onnx.ModelProto | str) -> None:
             onnx.checker.check_model(model)
     except Exception as e:
         raise ValidationError(f"onnx checker: {first_line(e, 300)}") from e
+
+
+def _fault_lines(e: BaseException) -> list[str]:
+    """The individual faults of a checker error (shape inference lists one per node)."""
+    cause = e.__cause__ if e.__cause__ is not None else e
+    text = str(cause).strip().replace("[ShapeInferenceError] Inference error(s): ", "")
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def _fault_key(line: str) -> str:
+    """Faults of one node compare by the node (`(op_type:X, node name: Y)`), others by text."""
+    return line.split("):", 1)[0] if line.startswith("(op_type:") else line
+
+
+def check_model_relative(pruned: onnx.ModelProto | str,
+                         original: onnx.ModelProto | str | None = None) -> list[str]:
+    """`check_model` on the pruned model, judged against the original: faults the original
+    already has (a converter's wrong value_info, say) are returned as notes, not raised; any
+    other fault raises `ValidationError`."""
+    try:
+        check_model(pruned)
+        return []
+    except ValidationError as e:
+        if original is None:
+            raise
+        found = _fault_lines(e)
+    src = original
+    if isinstance(src, str):
+        src = onnx.load(src, load_external_data=False)
+    try:
+        check_model(inference_copy(src))
+        raise ValidationError(f"onnx checker: {found[0][:300] if found else 'failed'}")
+    except ValidationError as e:
+        if not e.__cause__:
+            raise
+        known = _fault_lines(e)
+    keys = {_fault_key(k) for k in known}
+    new = [f for f in found if _fault_key(f) not in keys]
+    if new or not found:
+        raise ValidationError(f"onnx checker: {(new or ['failed'])[0][:300]}")
+    return known

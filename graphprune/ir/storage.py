@@ -352,6 +352,11 @@ def copy_fields(dst, src, skip: str) -> None:
             setattr(dst, fd.name, val)
 
 
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes the main graph's initializers hold, wherever they are stored."""
+    return sum(storage_nbytes(t.data_type, numel(t.dims)) or 0 for t in model.graph.initializer)
+
+
 def approx_bytes(model: onnx.ModelProto) -> int:
     """The serialized size of a model, estimated without serializing it (`ByteSize()` costs as
     much as writing the file): everything but the initializers exactly, plus each initializer's
@@ -362,7 +367,12 @@ def approx_bytes(model: onnx.ModelProto) -> int:
     copy_fields(skeleton.graph, model.graph, skip="initializer")
     payload = 0
     for t in model.graph.initializer:
-        data = len(t.raw_data) if t.HasField("raw_data") else 8 * numel(t.dims)
+        if t.HasField("raw_data"):
+            data = len(t.raw_data)
+        elif t.data_location == TensorProto.EXTERNAL:  # what the data file holds for it
+            data = storage_nbytes(t.data_type, numel(t.dims)) or 0
+        else:
+            data = 8 * numel(t.dims)
         payload += data + len(t.name) + 10 * len(t.dims) + 24 + sum(
             len(e.key) + len(e.value) + 4 for e in t.external_data)
     return skeleton.ByteSize() + payload

@@ -6,8 +6,6 @@ Runtime; each rule here restates them in coupling terms.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .elementwise import couple_broadcast
 from .norm import normalize_last_axis
 from .registry import ROLE_IN, ROLE_OUT, OpRule, rule
@@ -97,43 +95,3 @@ class FusedMatMul(OpRule):
         a = ctx.shape(ctx.node.input[0])
         k = a[-2] if int(ctx.attr("transA", 0)) else a[-1]
         return int(ctx.numel(ctx.node.output[0]) * k)
-
-
-@rule("MultiHeadAttention", domain=MS)
-class MultiHeadAttention(OpRule):
-    """query/key/value [B, S, H·D] (separate, unpacked), output [B, S, H·D'], `num_heads` = H.
-
-    Position c of a projected axis belongs to head c // D; a unit is one head of all of them,
-    and `num_heads` is rewritten to the heads kept. Packed or cached forms (key/value of rank 4
-    or 5, past/present state) are frozen.
-    """
-
-    def analyze(self, ctx):
-        ins = ctx.inputs + [""] * (10 - len(ctx.inputs))
-        q, k, v = ins[0], ins[1], ins[2]
-        y = ctx.outputs[0]
-        h = int(ctx.attr("num_heads", 0))
-        extra_in = [i for i in ins[3:] if i]
-        extra_out = [o for o in ctx.outputs[1:] if o]
-        if not (q and k and v) or extra_out or any(ctx.rank(t) != 3 for t in (q, k, v)) or h < 1:
-            ctx.block_node("only unpacked 3-D query/key/value without cache are supported")
-            return
-        dims = [ctx.static_dim(t, 2) for t in (q, k, v, y)]
-        if any(d is None or d % h for d in dims) or extra_in:
-            ctx.block_node("head sizes unknown, or bias/mask inputs present")
-            return
-        heads = ctx.virtual("heads", h)
-        for t, d in zip((q, k, v, y), dims):
-            c = np.arange(d)
-            ctx.couple(t, 2, heads, 0, (c, c // (d // h)))
-        ctx.mark_heads(heads, 0)
-        ctx.couple(q, 0, y, 0)
-        ctx.couple(q, 1, y, 1)
-        ctx.couple(k, 0, q, 0)
-        ctx.couple(v, 0, q, 0)
-        ctx.couple(k, 1, v, 1)
-
-    def rewrite(self, ctx):
-        keep = ctx.keep(ctx.virtual_name("heads"), 0)
-        if keep is not None:
-            ctx.set_attr("num_heads", int(len(keep)))

@@ -35,32 +35,45 @@ def _invalid_group(ctx, x, y, g: int) -> None:
     ctx.block(y, 1, f"conv with group={g} (must be >= 1)")
 
 
+def couple_conv(ctx, x: str, w: str, b: str, y: str) -> None:
+    """The couplings of a convolution Y = conv(X, W) + B (Conv, and the quantized ConvInteger
+    and QLinearConv, whose operands sit in other input slots)."""
+    g = int(ctx.attr("group", 1))
+    _couple_spatial_batch(ctx, x, y)
+    ctx.couple(y, 1, w, 0)
+    ctx.role(w, 0, ROLE_OUT)
+    if b:
+        ctx.couple(y, 1, b, 0)
+        ctx.role(b, 0, ROLE_OUT)
+    if g == 1:
+        ctx.couple(x, 1, w, 1)
+        ctx.role(w, 1, ROLE_IN)
+        return
+    if g < 1:
+        _invalid_group(ctx, x, y, g)
+        return
+    c, m = ctx.static_dim(x, 1), ctx.static_dim(w, 0)
+    if c is None or m is None or c % g or m % g:
+        ctx.block(x, 1, "grouped conv with unknown channel counts")
+        ctx.block(y, 1, "grouped conv with unknown channel counts")
+        return
+    _couple_groups(ctx, (x, 1), c, c // g, [(y, 1)], m, m // g, g)
+
+
+def conv_macs(ctx, w: str) -> int:
+    shape = ctx.shape(w)
+    return int(ctx.numel(ctx.node.output[0]) * int(np.prod(shape[1:], dtype=np.int64)))
+
+
 @rule("Conv")
 class Conv(OpRule):
+    couples = "X channels ↔ W[1] (inputs); W[0], B ↔ Y channels; grouped convs: whole groups"
+    shrinks = "W, B; `group`"
+    frozen = "grouped convs of unknown channel counts"
+
     def analyze(self, ctx):
-        x, w = ctx.inputs[0], ctx.inputs[1]
         b = ctx.inputs[2] if len(ctx.inputs) > 2 else ""
-        y = ctx.outputs[0]
-        g = int(ctx.attr("group", 1))
-        _couple_spatial_batch(ctx, x, y)
-        ctx.couple(y, 1, w, 0)
-        ctx.role(w, 0, ROLE_OUT)
-        if b:
-            ctx.couple(y, 1, b, 0)
-            ctx.role(b, 0, ROLE_OUT)
-        if g == 1:
-            ctx.couple(x, 1, w, 1)
-            ctx.role(w, 1, ROLE_IN)
-            return
-        if g < 1:
-            _invalid_group(ctx, x, y, g)
-            return
-        c, m = ctx.static_dim(x, 1), ctx.static_dim(w, 0)
-        if c is None or m is None or c % g or m % g:
-            ctx.block(x, 1, "grouped conv with unknown channel counts")
-            ctx.block(y, 1, "grouped conv with unknown channel counts")
-            return
-        _couple_groups(ctx, (x, 1), c, c // g, [(y, 1)], m, m // g, g)
+        couple_conv(ctx, ctx.inputs[0], ctx.inputs[1], b, ctx.outputs[0])
 
     def rewrite(self, ctx):
         g = int(ctx.attr("group", 1))
@@ -71,14 +84,16 @@ class Conv(OpRule):
                 ctx.set_attr("group", int(len(keep)))
 
     def macs(self, ctx):
-        w = ctx.shape(ctx.node.input[1])
-        y = ctx.numel(ctx.node.output[0])
-        return int(y * int(np.prod(w[1:], dtype=np.int64)))
+        return conv_macs(ctx, ctx.node.input[1])
 
 
 @rule("ConvTranspose")
 class ConvTranspose(OpRule):
     """ConvTranspose: X[N, C, ...], W[C, M/g, k...], B[M], Y[N, M, ...]."""
+
+    couples = "X channels ↔ W[0]; W[1], B ↔ Y channels; grouped: whole groups"
+    shrinks = "W, B; `group`"
+    frozen = "grouped convs of unknown channel counts"
 
     def analyze(self, ctx):
         x, w = ctx.inputs[0], ctx.inputs[1]

@@ -41,6 +41,10 @@ BINARY_OPS = (
 class Broadcasting(OpRule):
     """N-ary elementwise ops with multidirectional (or, PRelu, unidirectional) broadcasting."""
 
+    couples = "every axis, aligned from the right under broadcasting"
+    shrinks = "constant operands (biases, scales)"
+    frozen = "axes whose broadcasting cannot be told"
+
     def analyze(self, ctx):
         couple_broadcast(ctx, ctx.inputs, ctx.outputs[0])
 
@@ -58,6 +62,10 @@ UNARY_OPS = (
 class Unary(OpRule):
     """One data input, same-shaped outputs (Dropout's mask too). Scalar extras (Clip bounds,
     Dropout ratio, CastLike's type donor) do not take part in coupling."""
+
+    couples = "every axis of the input and outputs"
+    shrinks = "—"
+    frozen = "—"
 
     def analyze(self, ctx):
         x = ctx.inputs[0]
@@ -80,6 +88,10 @@ class SoftmaxLike(OpRule):
 
     Before opset 13 the input is coerced to 2-D at `axis`, so every axis from `axis` on is mixed.
     """
+
+    couples = "every axis but the normalized one"
+    shrinks = "—"
+    frozen = "the normalized axis (all from `axis` before opset 13)"
 
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]

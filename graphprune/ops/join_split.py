@@ -15,6 +15,10 @@ from .registry import ROLE_OUT, ShapeOnly, axis_of as _axis, rule
 class Concat(ShapeOnly):
     """Output axis = the inputs' axes laid end to end (input i at offset sum of earlier sizes)."""
 
+    couples = "the joined axis by offsets, other axes 1:1"
+    shrinks = "—"
+    frozen = "inputs of unknown size on the joined axis"
+
     def analyze(self, ctx):
         y = ctx.outputs[0]
         axis = _axis(ctx, y)
@@ -56,6 +60,10 @@ def _split_sizes(ctx) -> list[int] | None:
 
 @rule("Split")
 class Split(ShapeOnly):
+    couples = "ranges of the split axis to each output"
+    shrinks = "split sizes"
+    frozen = "sizes computed at run time"
+
     def analyze(self, ctx):
         x = ctx.inputs[0]
         axis = _axis(ctx, x)
@@ -122,6 +130,10 @@ def _norm_bounds(start, end, n):
 class Slice(ShapeOnly):
     """Output position p on a sliced axis is input position start + p (step 1 only)."""
 
+    couples = "the kept range of a sliced axis (step 1), other axes 1:1"
+    shrinks = "starts, ends"
+    frozen = "strided slices; bounds computed at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         params = _slice_params(ctx)
@@ -176,6 +188,11 @@ class Slice(ShapeOnly):
 class Gather(ShapeOnly):
     """Output = data[..., indices, ...]; a constant 1-D index list is an index map."""
 
+    couples = ("constant 1-D indices as an index map; other axes 1:1 (scalar and k-D indices "
+               "shift them)")
+    shrinks = "indices"
+    frozen = "the gathered axis for run-time or scalar indices"
+
     def analyze(self, ctx):
         data, idx, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
         rd, ri = ctx.rank(data), ctx.rank(idx)
@@ -201,10 +218,13 @@ class Gather(ShapeOnly):
     def rewrite(self, ctx):
         data, idx, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
         axis = _axis(ctx, data)
-        keep_in, keep_out = ctx.keep(data, axis), ctx.keep(y, axis)
-        if keep_in is None and keep_out is None:
-            return
+        # output axis `axis` is the gathered one only for a 1-D index (a scalar index drops it,
+        # so output axis `axis` is then data axis `axis + 1`; k-D indices were blocked)
+        keep_in = ctx.keep(data, axis)
+        keep_out = ctx.keep(y, axis) if ctx.rank(idx) == 1 else None
         vals = ctx.const(idx)
+        if (keep_in is None and keep_out is None) or vals is None:
+            return
         n = ctx.old_dim(data, axis)
         v = np.where(vals < 0, vals + n, vals).astype(np.int64)
         if keep_out is not None:

@@ -13,6 +13,10 @@ from .registry import ROLE_AUX, ROLE_OUT, OpRule, rule
 
 @rule("BatchNormalization")
 class BatchNorm(OpRule):
+    couples = "channels ↔ scale, bias, mean, var"
+    shrinks = "the four parameters"
+    frozen = "—"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.couple_same(x, y)
@@ -27,6 +31,10 @@ class BatchNorm(OpRule):
 
 @rule("InstanceNormalization")
 class InstanceNorm(OpRule):
+    couples = "channels ↔ scale, bias"
+    shrinks = "scale, bias"
+    frozen = "—"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.couple_same(x, y)
@@ -51,12 +59,20 @@ def _block_mixed(ctx, axes, why):
 
 @rule("LRN")
 class LRN(OpRule):
+    couples = "all axes but channels"
+    shrinks = "—"
+    frozen = "channels (normalized across neighbours)"
+
     def analyze(self, ctx):
         _block_mixed(ctx, [1], "normalizes across neighbouring channels")
 
 
 @rule("GroupNormalization")
 class GroupNorm(OpRule):
+    couples = "all axes but channels"
+    shrinks = "—"
+    frozen = "channels (normalized per group)"
+
     def analyze(self, ctx):
         _block_mixed(ctx, [1], "normalizes across channel groups")
 
@@ -78,6 +94,11 @@ def normalize_last_axis(ctx, x, y, params):
 
 @rule("LayerNormalization")
 class LayerNorm(OpRule):
+    couples = ("all axes; with hidden-size pruning selected the normalized last axis with "
+               "scale and bias (an approximation)")
+    shrinks = "scale, bias"
+    frozen = "the normalized axes otherwise"
+
     def analyze(self, ctx):
         x = ctx.inputs[0]
         r = ctx.rank(x)
@@ -94,6 +115,10 @@ class LayerNorm(OpRule):
 
 @rule("MeanVarianceNormalization")
 class MVN(OpRule):
+    couples = "the axes not normalized"
+    shrinks = "—"
+    frozen = "the normalized axes"
+
     def analyze(self, ctx):
         r = ctx.rank(ctx.inputs[0])
         axes = [int(a) % r for a in ctx.attr("axes", [0, 2, 3])]

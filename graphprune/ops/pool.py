@@ -13,6 +13,10 @@ from .registry import OpRule, rule
 
 @rule("MaxPool", "AveragePool", "LpPool", "MaxRoiPool")
 class Pool(OpRule):
+    couples = "batch, channels"
+    shrinks = "—"
+    frozen = "pooled axes; the Indices output; MaxRoiPool"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.couple(x, 0, y, 0)
@@ -32,6 +36,10 @@ class Pool(OpRule):
 
 @rule("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 class GlobalPool(OpRule):
+    couples = "batch, channels"
+    shrinks = "—"
+    frozen = "the pooled axes"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.couple(x, 0, y, 0)
@@ -76,6 +84,11 @@ def couple_reduction(ctx, x, y, axes, keepdims):
 
 @rule(*REDUCE_OPS)
 class Reduce(OpRule):
+    couples = ("kept axes (keepdims=0 shifts them); a decomposed RMSNorm's mean over the "
+               "hidden axis with hidden-size pruning")
+    shrinks = "—"
+    frozen = "reduced axes"
+
     def analyze(self, ctx):
         x = ctx.inputs[0]
         axes = reduce_axes(ctx)
@@ -102,6 +115,10 @@ class Reduce(OpRule):
 
 @rule("ArgMax", "ArgMin")
 class ArgReduce(OpRule):
+    couples = "kept axes"
+    shrinks = "—"
+    frozen = "the reduced axis"
+
     def analyze(self, ctx):
         r = ctx.rank(ctx.inputs[0])
         axis = int(ctx.attr("axis", 0)) % r

@@ -32,10 +32,18 @@ RULES: dict[tuple[str, str], "OpRule"] = {}
 
 
 class OpRule:
-    """Base class. Subclasses override `analyze`, and `rewrite` / `macs` where they matter."""
+    """Base class. Subclasses override `analyze`, and `rewrite` / `macs` where they matter.
+
+    `couples`, `shrinks` and `frozen` say in a few words which axes correspond, what the
+    rewrite changes when they shrink, and what the op blocks: the README's "Supported ops"
+    table is generated from them (`supported_ops_table`; a rule without them is listed with
+    the first sentence of its docstring)."""
 
     op_types: tuple[str, ...] = ()
     domain: str = ""
+    couples: str = ""
+    shrinks: str = ""
+    frozen: str = ""
 
     def analyze(self, ctx: "AnalyzeContext") -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -72,6 +80,30 @@ def lookup(op_type: str, domain: str) -> "OpRule | None":
 
 def supported_ops() -> list[str]:
     return sorted(f"{d + '::' if d else ''}{op}" for d, op in RULES)
+
+
+def _first_sentence(doc: str | None) -> str:
+    text = " ".join((doc or "").split())
+    return text.split(". ")[0].rstrip(".") if text else "—"
+
+
+def supported_ops_table() -> str:
+    """The markdown table of every registered rule: its ops, what couples, what shrinks, what
+    is frozen (one row per rule class, in the order of the modules that define them)."""
+    rows, seen = [], {}
+    for (domain, op), inst in RULES.items():
+        cls = type(inst)
+        if cls not in seen:
+            seen[cls] = []
+            rows.append(cls)
+        seen[cls].append(f"{domain + '::' if domain else ''}{op}")
+    lines = ["| ops | what couples | what shrinks | what is frozen |", "|---|---|---|---|"]
+    for cls in rows:
+        ops = ", ".join(f"`{o}`" for o in seen[cls])
+        couples = cls.couples or _first_sentence(cls.__doc__)
+        cells = [ops, couples, cls.shrinks or "—", cls.frozen or "—"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 class ShapeOnly(OpRule):
     """Data movement costs no multiply-accumulates."""

@@ -38,6 +38,10 @@ def _pads(ctx):
 class Pad(ShapeOnly):
     """Unpadded axes pass through; padded axes are blocked (padding sizes are positional)."""
 
+    couples = "unpadded axes"
+    shrinks = "—"
+    frozen = "padded axes; pads computed at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         pads = _pads(ctx)
@@ -82,6 +86,10 @@ def _resize_factors(ctx):
 class Resize(OpRule):
     """Axes with scale 1 (or an unchanged size) pass through; resized axes are independent."""
 
+    couples = "axes with scale 1 or an unchanged size"
+    shrinks = "`sizes`"
+    frozen = "resized axes; scales computed at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         f = _resize_factors(ctx)
@@ -111,6 +119,10 @@ class Resize(OpRule):
 class Expand(ShapeOnly):
     """Broadcast to a target shape: input axes equal to the output axis are coupled. The target
     may be computed at run time as long as the entries of pruned axes are known statically."""
+
+    couples = "axes equal to the target's"
+    shrinks = "target entries (patched in run-time targets)"
+    frozen = "axes expanded to a size computed at run time"
 
     def analyze(self, ctx):
         x, shp, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
@@ -147,6 +159,10 @@ class Expand(ShapeOnly):
 
 @rule("Tile")
 class Tile(ShapeOnly):
+    couples = "axes repeated once"
+    shrinks = "—"
+    frozen = "tiled axes; repeats computed at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         reps = ctx.const(ctx.inputs[1])
@@ -169,6 +185,10 @@ class ShapeOf(ShapeOnly):
     rule), so pruning the input is safe. Sizes read at run time could flow anywhere: the input
     axes are blocked then. The result vector itself is never pruned."""
 
+    couples = "— (the input may shrink when the sizes read are static: the value is pinned)"
+    shrinks = "—"
+    frozen = "inputs whose sizes are read at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ctx.block(y, None, "shape vector")
@@ -182,6 +202,10 @@ class ShapeOf(ShapeOnly):
 class ConstantOfShapeDynamic(ShapeOnly):
     """A fill of a run-time shape. Its size would not follow a pruned axis unless the shape came
     from that very tensor, which we do not trace: both sides are blocked."""
+
+    couples = "—"
+    shrinks = "—"
+    frozen = "a fill of a shape computed at run time"
 
     def analyze(self, ctx):
         ctx.block(ctx.inputs[0], None, "shape vector")

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import attr
 from .registry import ShapeOnly, rule
 
 
 @rule("Transpose")
 class Transpose(ShapeOnly):
+    couples = "axes by `perm`"
+    shrinks = "—"
+    frozen = "—"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         r = ctx.rank(x)
@@ -35,6 +40,10 @@ def _listed_axes(ctx, r):
 
 @rule("Squeeze")
 class Squeeze(ShapeOnly):
+    couples = "kept axes"
+    shrinks = "writes out the squeezed axes when none were listed"
+    frozen = "axes computed at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         r = ctx.rank(x)
@@ -51,9 +60,28 @@ class Squeeze(ShapeOnly):
             ctx.couple(x, a, y, j)
             j += 1
 
+    def rewrite(self, ctx):
+        """Without listed axes every size-1 axis is squeezed at run time, so a pruned axis
+        that shrank to 1 would vanish too: the axes squeezed before pruning are written out."""
+        x = ctx.inputs[0]
+        r = ctx.rank(x)
+        if _listed_axes(ctx, r) is not None or (len(ctx.inputs) > 1 and ctx.inputs[1]):
+            return
+        if not any(ctx.keep(x, a) is not None for a in range(r)):
+            return
+        axes = [a for a in range(r) if ctx.old_dim(x, a) == 1]
+        if ctx.opset() < 13:
+            ctx.set_attr("axes", axes)
+        else:
+            ctx.add_input(np.array(axes, dtype=np.int64), "axes")
+
 
 @rule("Unsqueeze")
 class Unsqueeze(ShapeOnly):
+    couples = "the input's axes"
+    shrinks = "—"
+    frozen = "axes computed at run time"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         ry = ctx.rank(y)
@@ -189,14 +217,126 @@ def couple_view(ctx, x, y, what, ys=None):
                 ctx.block(y, j, f"{what} with sizes not known statically")
 
 
+# ------------------------------------------------------------- a transpose spelled as views
+def _shape_slice(view, name: str):
+    """(tensor, start, end) when `name` is Shape(tensor)[start:end] (a `Shape` with start/end
+    or a `Slice` of a whole `Shape` along axis 0), bounds normalized to the tensor's rank."""
+    node = view.producer.get(name)
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape":
+        r = view.rank(node.input[0])
+        if r is None:
+            return None
+        start, end = int(attr(node, "start", 0)), attr(node, "end")
+        return node.input[0], _bound(start, r), _bound(r if end is None else int(end), r)
+    if node.op_type != "Slice" or len(node.input) < 3:
+        return None
+    src = _shape_slice(view, node.input[0])
+    vals = [view.small_const(i) if i else None for i in (list(node.input) + ["", ""])[1:5]]
+    if src is None or src[1:] != (0, view.rank(src[0])) or vals[0] is None or vals[1] is None:
+        return None
+    if (vals[2] is not None and vals[2].reshape(-1).tolist() != [0]) or (
+            vals[3] is not None and vals[3].reshape(-1).tolist() != [1]):
+        return None
+    r = view.rank(src[0])
+    return src[0], _bound(int(vals[0].reshape(-1)[0]), r), _bound(int(vals[1].reshape(-1)[0]), r)
+
+
+def _bound(i: int, r: int) -> int:
+    return min(max(i + r if i < 0 else i, 0), r)
+
+
+def _concat_pieces(view, name: str):
+    node = view.producer.get(name)
+    if node is None or node.op_type != "Concat":
+        return None
+    return [view.small_const(i) if view.is_const(i) else _shape_slice(view, i)
+            for i in node.input]
+
+
+def swapped_last_two(view, node):
+    """For `Reshape(x, [-1, d₋₂, d₋₁]) → Transpose(0, 2, 1) → Reshape(·, Concat(Shape(x)[:-2],
+    d₋₁, d₋₂))` (onnxscript's decomposition of a key's transpose in scaled_dot_product_
+    attention, with both targets read from x's shape): (x, transpose output, final output),
+    found from either Reshape; None otherwise. The three ops are one transpose of x's last two
+    axes, whatever the leading axes merge into."""
+    found = _swap_from(view, node)
+    if found is not None:
+        return found
+    prod = view.producer.get(node.input[0])
+    if prod is not None and prod.op_type == "Transpose":
+        first = view.producer.get(prod.input[0])
+        if first is not None and first.op_type == "Reshape":
+            found = _swap_from(view, first)
+            if found is not None and found[2] == node.output[0]:
+                return found
+    return None
+
+
+def _swap_from(view, first):
+    x = first.input[0]
+    r = view.rank(x)
+    users = view.consumers.get(first.output[0], [])
+    if r is None or r < 3 or len(users) != 1 or users[0].op_type != "Transpose":
+        return None
+    tr = users[0]
+    if list(attr(tr, "perm", [])) != [0, 2, 1]:
+        return None
+    last = view.consumers.get(tr.output[0], [])
+    if len(last) != 1 or last[0].op_type != "Reshape" or last[0].input[0] != tr.output[0]:
+        return None
+    t1, t2 = _concat_pieces(view, first.input[1]), _concat_pieces(view, last[0].input[1])
+    want1 = ["-1", (x, r - 2, r - 1), (x, r - 1, r)]
+    want2 = [(x, 0, r - 2), (x, r - 1, r), (x, r - 2, r - 1)]
+    got1 = None if t1 is None else [str(int(p.reshape(-1)[0])) if isinstance(p, np.ndarray)
+                                    and p.size == 1 else p for p in t1]
+    if got1 != want1 or t2 != want2:
+        return None
+    return x, tr.output[0], last[0].output[0]
+
+
+def couple_swap(ctx, found) -> None:
+    """The couplings of a transpose of x's last two axes spelled as Reshape → Transpose →
+    Reshape: x's leading axes to the result's, the last two crossed; the merged axis in
+    between is free (both targets read x's sizes at run time)."""
+    x, t, y = found
+    r = ctx.rank(x)
+    node = ctx.node
+    if node.input[0] == x:  # the first Reshape
+        for k in range(r - 2):
+            ctx.couple(x, k, y, k)
+        ctx.couple(x, r - 2, node.output[0], 1)
+        ctx.couple(x, r - 1, node.output[0], 2)
+        ctx.free(node.output[0], 0)
+    else:  # the last Reshape reads the Transpose's output
+        ctx.couple(t, 1, y, r - 2)
+        ctx.couple(t, 2, y, r - 1)
+        ctx.free(t, 0)
+        for k in range(r - 2):
+            ctx.free(y, k)
+
+
 @rule("Reshape")
 class Reshape(ShapeOnly):
     """Axes kept 1:1 are coupled; merges are block maps (see `_resolve_merge`); the target shape
     entries of every output axis that shrank are rewritten. Targets computed at run time work
-    when the entries of the pruned axes are known statically ([batch, seq, 4, 16])."""
+    when the entries of the pruned axes are known statically ([batch, seq, 4, 16]). A
+    Reshape → Transpose → Reshape that transposes the last two axes (`swapped_last_two`) is
+    coupled as that transpose."""
+
+    couples = ("axes kept 1:1; merges to one carrying axis (whole blocks of the others); "
+               "splits into heads (the first unblocked part) or position j of every block; "
+               "Reshape → Transpose → Reshape of the last two axes as that transpose")
+    shrinks = "target entries (patched in run-time targets)"
+    frozen = "sizes not known statically; run-time entries; regroupings of several axes"
 
     def analyze(self, ctx):
         x, shp, y = ctx.inputs[0], ctx.inputs[1], ctx.outputs[0]
+        found = swapped_last_two(ctx.view, ctx.node)
+        if found is not None:
+            couple_swap(ctx, found)
+            return
         target = ctx.partial(shp)
         if target is None:
             ctx.block_node("target shape is computed at run time")
@@ -228,6 +368,10 @@ class Reshape(ShapeOnly):
 
 @rule("Flatten")
 class Flatten(ShapeOnly):
+    couples = "each merged axis to its one carrying input axis (a channel and its h·w features)"
+    shrinks = "—"
+    frozen = "merges of several carrying axes"
+
     def analyze(self, ctx):
         x, y = ctx.inputs[0], ctx.outputs[0]
         r = ctx.rank(x)

@@ -16,6 +16,7 @@ from ..runtime.session import resolve_provider
 
 CALIB_CRITERIA = ("wanda", "flap", "obspa", "amp", "lrp")  # read calibration samples
 STATS_CRITERIA = ("wanda", "flap", "obspa", "amp")  # read consumer statistics
+GRAM_CRITERIA = ("obspa", "amp")  # read the channel Gram matrices (E[x xᵀ]), not only diagonals
 COMPENSATIONS = ("flap", "obspa")
 CORRECTIONS = ("meanvar", "mean")
 
@@ -64,6 +65,14 @@ class PruneOptions:
     input_shapes: object = None
     # ONNX Runtime execution provider of calibration and validation runs (cpu, cuda, ...)
     provider: str = "CPUExecutionProvider"
+    # values of inputs that need real ones ({name: value} or "sr=16000"), and real inputs for
+    # every ONNX Runtime run (a .npz path or a dict of arrays; by default the --calib arrays):
+    # see graphprune.ir.input_sizes
+    input_values: object = None
+    feeds: object = None
+    # block-quantized weights (MatMulNBits): their contraction axis loses single positions and
+    # the blocks left are quantized again; False: only whole quantization blocks go (exact)
+    requantize: bool = True
     # the accuracy levers (see graphprune.transforms.reconstruct / correct / allocate); None:
     # the default (`reconstructing`, `correction_mode`, `allocating` below say what it is)
     reconstruct: object = None  # refit consumers in graph order on the partly pruned model
@@ -142,6 +151,8 @@ class PruneOptions:
                             "with --calib/--calib-random/--calib-text): without it, pruning "
                             "in steps measured worse than in one shot (README, Iterative "
                             "pruning)")
+
+        self.input_values = parse_input_values(self.input_values)
 
     @property
     def criterion_name(self) -> str:
@@ -267,3 +278,32 @@ def check_gate_limits(max_drop=None, min_speedup=None) -> None:
     if min_speedup is not None and not (_finite_in(min_speedup, 0.0, math.inf)
                                         and float(min_speedup) > 0):
         raise UserError(f"--min-speedup must be a finite number > 0, got {min_speedup}")
+
+
+def parse_input_values(spec) -> dict[str, object] | None:
+    """`sr=16000,lang=3` (or a dict of values) as {name: value}."""
+    if spec is None or isinstance(spec, dict) and not spec:
+        return None
+    if isinstance(spec, dict):
+        return dict(spec)
+    out = {}
+    for part in _parts(spec):
+        name, value = _split(part, "=", "--input-values", "NAME=VALUE")
+        try:
+            out[name] = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise UserError(f"--input-values: the value of {name!r} must be a number, got "
+                            f"{value!r}") from None
+    return out
+
+
+def _parts(spec) -> list[str]:
+    parts = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    return [p.strip() for p in parts if p and p.strip()]
+
+
+def _split(part: str, sep: str, flag: str, form: str) -> tuple[str, str]:
+    name, found, rest = part.rpartition(sep)
+    if not found or not name:
+        raise UserError(f"{flag} takes {form}[,...]; got {part!r}")
+    return name.strip(), rest.strip()

@@ -12,7 +12,9 @@ layer over them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..analysis.build import KINDS, analyze as analyze_graph
@@ -39,7 +41,7 @@ class Stage:
 
 
 PIPELINE: tuple[Stage, ...] = (
-    Stage("read", s.read, ensures=("source",), phase="load"),
+    Stage("read", s.read, ensures=("source", "inputs"), phase="load"),
     Stage("reference", s.reference, ("source",), ("reference",), s.validating, "validate"),
     Stage("prepare", s.prepare, ("source",), ("view", "before", "copies"), phase="load"),
     Stage("calibration", s.load_calibration, ("source",), ("calibration",), s.calibrating,
@@ -60,7 +62,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("rewrite", s.rewrite, ("plan", "copies"), ("counts", "shapes_after")),
     Stage("steps", lambda st: _more_steps(st), ("plan",), ("plan",), s.iterating, "select"),
     Stage("cost", s.cost_after, ("shapes_after",), ("after",), phase="validate"),
-    Stage("validate", s.validate, ("reference",), ("fidelity",), s.validating_in_memory),
+    Stage("validate", s.validate, ("reference",), ("fidelity",), s.validating_now),
     Stage("report", lambda st: setattr(st, "report", build_report(st)),
           ("graph", "plan", "before", "after", "counts"), ("report",), phase="write"),
 )
@@ -163,14 +165,13 @@ def plan_document(state: PruneState) -> dict:
 
 def result_of(state: PruneState) -> PruneResult:
     src = state.source
-    pending = state.reference if (state.options.validate and (
-        src.lazy or state.defer_validation)) else None
+    pending = state.reference if (state.options.validate and state.defer_validation) else None
     return PruneResult(src.work, state.report, state.graph, state.plan, store=src.store,
                        pending=pending, source=src.path, external=src.external,
                        scores=state.scores, source_files=list(src.files),
                        copies=dict(state.copies or {}),
                        plan_source=lambda: plan_document(state),
-                       provider=state.options.provider)
+                       provider=state.options.provider, inputs=state.inputs, io=state.io)
 
 
 def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
@@ -180,19 +181,26 @@ def prune(model, ratio: float = 0.3, criterion: str = "magnitude",
 
     Options: see `PruneOptions` (global_rank, round_to, min_keep, protect, seed, validate,
     dims, drop_blocks, calib, labels, compensate, calib_text, tokenizer, seq_len,
-    target_params). The input model object is never modified.
+    target_params, input_shapes, input_values, feeds, requantize). The input model object is
+    never modified. A model folder (ONNX Runtime GenAI, Optimum) means its model file;
+    `PruneResult.save_folder` writes the pruned folder.
 
-    Weights a model file keeps in external data are read one tensor at a time and never all
-    held in memory; such a model is validated when the result is saved (see `PruneResult`).
-    `in_memory` loads every weight instead (needed to run the pruned model from memory).
-    `defer_validation` validates every model that way, when `PruneResult.save` writes it (the
-    model is serialized once, for the file; the command line does this, as it always saves).
+    Weights a model file keeps in external data stay on disk: passes read them one tensor at a
+    time, ONNX Runtime (calibration, block scoring, validation) reads them from the data files,
+    and only the tensors that change are held, as arrays (see `PruneResult`). `in_memory`
+    loads every weight into the ModelProto instead (models up to 2 GB). `defer_validation`
+    validates the model when `PruneResult.save` writes it, from the written files (the model is
+    serialized once, for the file, and a big model's rewritten arrays are released first; the
+    command line does this when it does not measure the result).
     """
     opts = PruneOptions(ratio=ratio, criterion=criterion, **options)
     opts.check()
+    if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+        from .folder import model_in  # a model folder (GenAI, Optimum): its model file
+
+        model = str(model_in(Path(model)))
     state = PruneState(model, opts, TapRunner(provider=opts.provider), progress=progress,
-                       in_memory=in_memory or s.needs_weights_in_memory(opts),
-                       defer_validation=defer_validation)
+                       in_memory=in_memory, defer_validation=defer_validation)
     return result_of(run_stages(state))
 
 
@@ -204,8 +212,7 @@ def plan(model, ratio: float = 0.3, criterion="magnitude",
     writes it as --save-plan does. Options: those of `prune`."""
     opts = PruneOptions(ratio=ratio, criterion=criterion, **{**options, "validate": False})
     opts.check()
-    state = PruneState(model, opts, TapRunner(provider=opts.provider), progress=progress,
-                       in_memory=s.needs_weights_in_memory(opts))
+    state = PruneState(model, opts, TapRunner(provider=opts.provider), progress=progress)
     run_stages(state, PIPELINE[:next(k for k, st in enumerate(PIPELINE)
                                      if st.name == "select") + 1])
     doc = plans.document(state.graph, state.plan, s.input_fingerprint(state),
@@ -221,10 +228,11 @@ def apply(model, plan, criterion=None, **options) -> PruneResult:
     return prune(model, criterion=criterion, plan=plan, **options)
 
 
-def analyze_model(model, progress=None, dims=KINDS, input_shapes=None):
+def analyze_model(model, progress=None, dims=KINDS, input_shapes=None, **inputs):
     """Dependency groups of a model (path or ModelProto), without changing it. Returns the
-    view the analysis ran on and the dependency graph."""
-    opts = PruneOptions(validate=False, input_shapes=input_shapes)
+    view the analysis ran on and the dependency graph. `inputs`: `input_values` and `feeds`
+    as `prune` takes them (for the runs that observe shapes)."""
+    opts = PruneOptions(validate=False, input_shapes=input_shapes, **inputs)
     opts.check()
     state = PruneState(model, opts, TapRunner())
     run_stages(state, PIPELINE[:1])
@@ -232,7 +240,7 @@ def analyze_model(model, progress=None, dims=KINDS, input_shapes=None):
     try:
         work = state.source.work
         untie_shared_constants(work)
-        view = s.model_view(work)
+        view = s.model_view(work, state.inputs)
         return view, analyze_graph(view, progress=progress, dims=dims)
     finally:
         WEIGHTS.reset(token)

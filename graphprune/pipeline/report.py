@@ -63,7 +63,9 @@ def build_report(state: PruneState) -> dict:
         "model": model_info(src.work),
         "ops": {"before": state.before.get("ops", {}), "after": state.after.get("ops", {})},
         "params": {"before": state.before["params"], "after": state.after["params"]},
-        "macs": {"before": state.before["macs"], "after": state.after["macs"]},
+        "macs": {"before": state.before["macs"], "after": state.after["macs"],
+                 "input_shapes": state.inputs.cost_shapes(),
+                 "assumed": list(state.inputs.assumed)},
         "file_bytes": {"before": src.in_bytes, "after": approx_bytes(src.work)},
         "summary": {
             "groups": len(groups),
@@ -86,6 +88,11 @@ def build_report(state: PruneState) -> dict:
             "consumers": len(ctx.consumers), "calibrated": ctx.calibrated,
             "data_free": sorted({st.source for st in ctx.stats.values()} - {"calibration"}),
             "notes": ctx.notes}
+    if state.io:
+        report["io_changes"] = io_changes(state)
+    faults = (state.fidelity or {}).get("input_faults")
+    if faults:
+        report["input_faults"] = faults
     if state.compensation is not None:
         report["compensation"] = state.compensation
     if state.correction is not None:
@@ -97,3 +104,29 @@ def build_report(state: PruneState) -> dict:
                               "size_before": 1, "size_after": 0 if b.dropped else 1,
                               "members": [], "frozen_reason": None} for b in state.blocks]
     return report
+
+
+def io_changes(state: PruneState) -> list[dict]:
+    """How the model's input/output signature changed: KV-cache tensors resized (their head
+    axis follows the key/value heads), removed (the cache pair of a dropped attention block)
+    or renamed (cache layers renumbered after a drop)."""
+    io, view = state.io, state.view
+    kinds = dict(state.graph_io)
+    new_name = io.renamed
+    out = []
+    for name, kind in kinds.items():
+        if name in io.removed:
+            out.append({"name": name, "io": kind, "change": "removed"})
+            continue
+        entry = {"name": name, "io": kind}
+        if name in new_name:
+            entry.update(change="renamed", renamed_to=new_name[name])
+        cur = new_name.get(name, name)
+        if cur in io.kept:
+            axis, pos = io.kept[cur]
+            entry.update(change=entry.get("change", "resized") if "renamed_to" not in entry
+                         else "renamed+resized", axis=axis,
+                         before=view.static_dim(cur, axis), after=int(len(pos)))
+        if "change" in entry:
+            out.append(entry)
+    return out

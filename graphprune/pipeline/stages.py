@@ -10,42 +10,63 @@ import onnx
 
 from ..analysis.build import analyze as analyze_graph
 from ..analysis.cost import MacsModel, count_macs, count_params, unit_param_costs
-from ..calibration.data import load_calibration as load_samples
+from ..calibration.data import load_calibration as load_samples, reference_feeds
 from ..calibration.stats import build_context
 from ..calibration.text import text_calibration
 from ..criteria import CRITERIA
 from ..criteria.custom import from_callable
-from ..errors import UserError, ValidationError
+from ..errors import UserError
 from ..ir import GraphView
-from ..ir.fold import static_view
+from ..ir.fold import static_view, view_at
+from ..ir.input_sizes import InputPlan, plan_inputs
 from ..ir.inputs import fix_input_shapes, restore_input_shapes
+from ..ir.cache import IoChanges
+from ..ir.inputs import input_specs
 from ..ir.load import check_tensor_storage, open_model
 from ..ir.sanity import check_graph_sanity
 from ..ir.shapes import infer_shapes
 from ..ir.storage import TWO_GB, approx_bytes
 from ..runtime import validate as runtime_validate
+from ..runtime.isolate import Pending
 from ..runtime.probe import probe_shapes
 from ..transforms import depth
+from ..transforms.cache_io import drop_dead_cache
 from ..transforms.compensate import compensate as compensate_plan
-from ..transforms.rewrite import keep_positions, rewrite as rewrite_plan
+from ..transforms.rewrite import (dead_nodes, drop_newly_dead, keep_positions, resize_graph_io,
+                                  rewrite as rewrite_plan)
 from ..transforms.select import (Target, apply_protect, group_ratios, params_measure,
                                  select as select_units)
 from ..transforms.untie import retie_identical, untie_shared_constants
 from .plans import fingerprint, plan_from
-from .options import CALIB_CRITERIA, STATS_CRITERIA, compensation_mode, reconstructing
+from .options import (CALIB_CRITERIA, GRAM_CRITERIA, STATS_CRITERIA, compensation_mode,
+                      reconstructing)
 from .state import PruneState, Source
 
 
-def model_view(model: onnx.ModelProto) -> GraphView:
+def model_view(model: onnx.ModelProto, inputs: InputPlan | None = None) -> GraphView:
     """The model's view with every size that can be known: shape inference, folded shape
-    computations, and sizes observed in ONNX Runtime where inference lost them."""
-    return static_view(model, infer_shapes(model), probe=probe_shapes)
+    computations, and sizes observed in ONNX Runtime where inference lost them (run at sizes
+    and values `inputs` plans, by default planned from the graph)."""
+    plan = inputs if inputs is not None else plan_inputs(model)
+    return static_view(model, infer_shapes(model),
+                       probe=lambda m, shapes: probe_shapes(m, shapes, plan))
+
+
+def input_plan(model: onnx.ModelProto, opts) -> InputPlan:
+    """Sizes and values of the graph inputs: --input-shapes, --input-values, the given data
+    (`feeds`, else the --calib arrays), sizes the graph fixes, guesses (graphprune.ir.
+    input_sizes)."""
+    data = opts.feeds if opts.feeds is not None else opts.calib
+    samples = reference_feeds(data, model) if data is not None else None
+    return plan_inputs(model, shapes=opts.input_shapes, values=opts.input_values,
+                       samples=samples)
 
 
 # ------------------------------------------------------------------------------ stages
 def read(state: PruneState) -> None:
-    """The model to work on. From a file, large external weights stay on disk unless the run
-    needs them in memory (passes that run the edited model in ONNX Runtime)."""
+    """The model to work on. From a file, large external weights stay on disk: every stage,
+    ONNX Runtime's runs included, reads them there. `in_memory` loads them into the proto
+    instead, for models a ModelProto can hold (up to 2 GB)."""
     model = state.input
     if isinstance(model, onnx.ModelProto):
         check_tensor_storage(model, None)
@@ -56,18 +77,17 @@ def read(state: PruneState) -> None:
         check_graph_sanity(work)
         state.source = Source(work, model, None, approx_bytes(model), None)
         _fix_inputs(state)
+        state.inputs = input_plan(work, state.options)
         return
     path = Path(model)
     work, store, files = open_model(path)
     size = path.stat().st_size + sum(f.stat().st_size for f in files)
-    if state.in_memory and store is not None:
-        if size > TWO_GB:
-            raise UserError(f"{path}: --drop-blocks, --calib, --benchmark and --html need the "
-                            "weights in memory, which is not possible for models over 2 GB")
+    if state.in_memory and store is not None and size <= TWO_GB:
         store.materialize(work)
         store = None
     state.source = Source(work, str(path), str(path), size, store, list(files))
     _fix_inputs(state)
+    state.inputs = input_plan(work, state.options)
 
 
 def _fix_inputs(state: PruneState) -> None:
@@ -83,20 +103,25 @@ def reference(state: PruneState) -> None:
     original's session is gone before anything else takes memory."""
     src, opts = state.source, state.options
     pending = runtime_validate.start_reference(src.original, seed=opts.seed, low_memory=src.lazy,
-                                               shapes=opts.input_shapes, provider=opts.provider)
+                                               plan=state.inputs, shapes=opts.input_shapes,
+                                               provider=opts.provider,
+                                               specs=input_specs(src.work))
     state.reference = pending.result() if src.lazy else pending
 
 
 def prepare(state: PruneState) -> None:
     """Parameter count of the input, shared constants untied, shapes and folded values."""
     work = state.source.work
+    state.graph_io = [(i.name, "input") for i in work.graph.input] + [
+        (o.name, "output") for o in work.graph.output]
     view = GraphView(work)
     params = count_params(view)
     if state.options.plan is not None:  # compared with the plan's (else computed when asked)
         state.fingerprint = fingerprint(work)
     state.copies = untie_shared_constants(work, view)
-    state.view = model_view(work)
-    state.before = {"params": params, "macs": count_macs(state.view), "ops": op_counts(work)}
+    state.view = model_view(work, state.inputs)
+    state.before = {"params": params, "macs": macs_at(work, state.inputs, state.view),
+                    "ops": op_counts(work)}
 
 
 def input_fingerprint(state: PruneState) -> str:
@@ -134,24 +159,29 @@ def drop_blocks(state: PruneState) -> None:
             raise UserError(f"the plan drops residual block(s) {sorted(missing)}, which this "
                             "model does not have")
         depth.drop_blocks(work, [b for b in blocks if b.add in names], len(names))
-        state.view = model_view(work)
+        state.view = model_view(work, state.inputs)
         state.blocks = blocks
         return
     if opts.drop_blocks > len(blocks):
         raise UserError(f"--drop-blocks {opts.drop_blocks}: the model has only {len(blocks)} "
                         "residual blocks")
     cal = state.calibration
-    feeds = (depth.split_feeds(work, cal.feeds) if cal is not None
+    feeds = (cal.feeds if cal is not None
              else depth.calibration_feeds(work, state.view, seed=opts.seed))
     depth.score_blocks(work, blocks, feeds, state.runner)
     depth.drop_blocks(work, blocks, opts.drop_blocks)
-    state.view = model_view(work)
+    io = drop_dead_cache(work)  # a dropped attention block's KV-cache pair goes with it
+    if io:
+        state.io = io
+        if cal is not None:  # the samples feed what the model now takes
+            cal.feeds = io.apply(cal.feeds)
+    state.view = model_view(work, state.inputs)
     state.blocks = blocks
 
 
 def analyze(state: PruneState) -> None:
     opts = state.options
-    state.graph = analyze_graph(state.view, dims=opts.dims)
+    state.graph = analyze_graph(state.view, dims=opts.dims, requantize=opts.requantize)
     apply_protect(state.graph, opts.protect, opts.protect_op, opts.allow_unmatched)
 
 
@@ -162,10 +192,12 @@ def statistics(state: PruneState) -> None:
     opts, cal = state.options, state.calibration
     # consumer statistics serve the statistics-based criteria and compensation; lrp runs the
     # model itself, magnitude/random need nothing (the samples may be there for depth scoring)
-    stats = (opts.criterion in STATS_CRITERIA or callable(opts.criterion)
-             or compensation_mode(opts) is not None)
+    mode = compensation_mode(opts)
+    custom = callable(opts.criterion)  # a criterion function may read any statistic
+    stats = opts.criterion in STATS_CRITERIA or custom or mode is not None
+    gram = custom or opts.criterion in GRAM_CRITERIA or mode == "obspa"
     ctx = build_context(state.graph, cal, state.runner, data_free=opts.criterion == "obspa",
-                        stats=stats)
+                        stats=stats, gram=gram)
     ctx.source = cal.source if cal is not None else (
         "data-free" if opts.criterion == "obspa" else "none")
     ctx.samples = cal.n if cal is not None else 0
@@ -203,9 +235,10 @@ def target(state: PruneState) -> Target:
         t.budget = budget(state, "params", opts.target_params, model_params(state))
         t.costs = lambda g: unit_param_costs(dg, g)
         t.measure = params_measure(dg, t.costs)
-    elif opts.target_macs is not None:
-        model = MacsModel(dg)
-        t.budget = budget(state, "macs", opts.target_macs, count_macs(state.view))
+    elif opts.target_macs is not None:  # at the sizes the report counts MACs at
+        model = MacsModel(dg, view_at(state.source.work, state.inputs.cost_shapes(),
+                                      fallback=state.view))
+        t.budget = budget(state, "macs", opts.target_macs, model.total)
         t.costs, t.measure, t.refine = model.unit_costs, model.removed, True
     return t
 
@@ -231,16 +264,49 @@ def compensate(state: PruneState) -> None:
 
 
 def rewrite(state: PruneState) -> None:
-    counts, shapes = rewrite_plan(state.view, state.graph, state.plan)
-    counts["constants_retied"] = retie_identical(state.source.work, state.copies, state.view)
-    restore_input_shapes(state.source.work, state.input_types)
+    """Slice, fix every node, merge untied copies that stayed identical, and drop what the
+    rewrite left unused (nodes and weights the input model already left unused stay)."""
+    work = state.source.work
+    dead = dead_nodes(work) if state.plan.keep else set()
+    counts, shapes, resized = rewrite_plan(state.view, state.graph, state.plan)
+    counts["constants_retied"] = retie_identical(work, state.copies, state.view)
+    counts["unused_dropped"] = drop_newly_dead(work, dead) if state.plan.keep else 0
+    restore_input_shapes(work, state.input_types)
+    if resized and state.input_types:  # a cache input given --input-shapes keeps its new size
+        resize_graph_io(work, {(n, a): pos for n, (a, pos) in resized.items()})
     state.counts, state.shapes_after = counts, shapes
+    if resized or state.io:  # a new object: a sweep's forks share the depth stage's one
+        prev = state.io or IoChanges()
+        kept = dict(prev.kept)
+        for name, (axis, pos) in resized.items():  # a later --steps round: compose positions
+            kept[name] = (axis, kept[name][1][pos] if name in kept else pos)
+        state.io = IoChanges(kept=kept, removed=set(prev.removed), renamed=dict(prev.renamed))
 
 
 def cost_after(state: PruneState) -> None:
-    view = GraphView(state.source.work, state.shapes_after)
-    state.after = {"params": count_params(view), "macs": count_macs(view),
-                   "ops": op_counts(state.source.work)}
+    """Params and MACs after. When the reference run had to take other sizes for guessed dims
+    (the planned ones were too small for the model), those sizes are adopted, and the MACs
+    before are counted again at them."""
+    work = state.source.work
+    ref = state.reference
+    if ref is not None:
+        feeds = (ref.result() if isinstance(ref, Pending) else ref)[0]
+        old = {k: list(v) for k, v in state.inputs.shapes.items()}
+        state.inputs.adopt(feeds)
+        if state.inputs.shapes != old:  # count the input again (the work model is pruned)
+            original = state.source.original
+            if not isinstance(original, onnx.ModelProto):
+                original = onnx.load(original, load_external_data=False)
+            state.before["macs"] = count_macs(view_at(original, state.inputs.cost_shapes()))
+    view = GraphView(work, state.shapes_after)
+    state.after = {"params": count_params(view), "macs": macs_at(work, state.inputs, view),
+                   "ops": op_counts(work)}
+
+
+def macs_at(model: onnx.ModelProto, plan: InputPlan, known: GraphView) -> int:
+    """MACs at the plan's concrete input sizes (one sample; see `InputPlan.cost_shapes`), with
+    the sizes `known` has where inference at those sizes finds none."""
+    return count_macs(view_at(model, plan.cost_shapes(), fallback=known))
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -253,15 +319,13 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def validate(state: PruneState) -> None:
-    """Checker, ONNX Runtime run and output signature of the pruned model (in memory; a model
-    whose weights stay on disk is validated from its written files, see `PruneResult.save`)."""
-    try:
-        state.fidelity = runtime_validate.validate(None, state.source.work,
-                                                   seed=state.options.seed, ref=state.reference,
-                                                   provider=state.options.provider)
-    except ValidationError as e:
-        runtime_validate.input_fails_too(state.source.original, e)
-        raise
+    """Checker, ONNX Runtime run and output signature of the pruned model, before anything is
+    written (a model whose weights stay on disk runs from them and from the store's arrays;
+    with `defer_validation` this happens at save time instead, see `PruneResult.save`)."""
+    src = state.source
+    state.fidelity = runtime_validate.validate(src.original, src.work, seed=state.options.seed,
+                                               ref=state.reference, store=src.store,
+                                               provider=state.options.provider, io=state.io)
 
 
 # ------------------------------------------------------------------------------ steps
@@ -271,7 +335,7 @@ def reprepare(state: PruneState) -> None:
     if state.options.input_shapes:
         state.input_types = fix_input_shapes(work, state.options.input_shapes)
     state.copies = untie_shared_constants(work)
-    state.view = model_view(work)
+    state.view = model_view(work, state.inputs)
 
 
 def origin_sizes(dg, first) -> dict[int, int]:
@@ -317,8 +381,9 @@ def validating(state: PruneState) -> bool:
     return state.options.validate
 
 
-def validating_in_memory(state: PruneState) -> bool:
-    return state.options.validate and not (state.source.lazy or state.defer_validation)
+def validating_now(state: PruneState) -> bool:
+    """Validation in the validate stage (unless it is deferred to the written files)."""
+    return state.options.validate and not state.defer_validation
 
 
 def calibrating(state: PruneState) -> bool:
@@ -339,9 +404,4 @@ def compensating(state: PruneState) -> bool:
     return (compensation_mode(state.options) is not None and ctx is not None and bool(ctx.stats)
             and bool(state.plan.keep) and not (reconstructing(state.options)
                                                and ctx.calibration is not None))
-
-
-def needs_weights_in_memory(opts) -> bool:
-    """Stages that run the edited model in ONNX Runtime from memory."""
-    return bool(opts.drop_blocks) or opts.has_calibration
 

@@ -11,6 +11,8 @@ from ..analysis.graph import DependencyGraph
 from ..calibration.data import Calibration
 from ..calibration.stats import CalibContext, Runner
 from ..ir import GraphView
+from ..ir.input_sizes import InputPlan
+from ..ir.cache import IoChanges
 from ..ir.storage import WeightStore
 from ..transforms.select import Plan
 from .options import PruneOptions
@@ -53,6 +55,7 @@ class PruneState:
     defer_validation: bool = False  # validate when the result is written, from its files
     progress: Callable[[str], None] | None = None
     source: Source | None = None
+    inputs: InputPlan | None = None  # sizes and values of the graph inputs for every run
     reference: object = None  # the original's outputs on the validation inputs (a Reference)
     copies: dict | None = None  # untied constant copy -> original
     view: GraphView | None = None
@@ -68,6 +71,8 @@ class PruneState:
     original_model: onnx.ModelProto | None = None  # before compensation, for the correction
     counts: dict | None = None
     shapes_after: dict | None = None
+    io: IoChanges | None = None  # graph inputs/outputs changed (KV-cache heads, dropped pairs)
+    graph_io: list = field(default_factory=list)  # the input's (name, "input"|"output") pairs
     after: dict | None = None
     fidelity: dict | None = None
     report: dict | None = None

@@ -23,7 +23,6 @@ from ..progress import bar
 from ..runtime import bench
 from ..runtime.fidelity import fidelity
 from ..runtime.taps import TapRunner
-from .measure import model_cost
 from .options import CALIB_CRITERIA, PruneOptions, check_gate_limits
 from .parallel import run_jobs
 from .pipeline import PIPELINE, result_of, run_stages
@@ -59,9 +58,9 @@ def run_sweep(model_path, ratios: list[float], criterion: str = "magnitude",
         prune_options.setdefault("calib", calib)  # the data-aware criteria calibrate on it
     opts = PruneOptions(ratio=ratios[0], criterion=criterion, seed=seed, **prune_options)
     opts.check()
-    cost0 = model_cost(original, opts.input_shapes)
     base = run_stages(PruneState(original, opts, TapRunner(provider=opts.provider)),
                       PIPELINE[:_index("score") + 1])
+    cost0 = dict(base.before)  # MACs at the sizes of the prune's input plan
     shared = {"base": pack(base), "original": original, "calib": calib,
               "calib_name": calib_name, "seed": seed, "max_drop": max_drop,
               "macs": cost0["macs"]}
@@ -105,10 +104,11 @@ def _ratio_job(shared: dict, ratio: float) -> tuple[dict, bytes]:
     res = result_of(run_stages(fork(base, ratio), PIPELINE[_index("score") + 1:]))
     opts = base.options
     fid = fidelity(original, res.model, calib=calib, seed=seed, calib_name=shared["calib_name"],
-                   shapes=opts.input_shapes, provider=opts.provider)
-    row = {"ratio": ratio, "params": res.report["params"]["after"],
-           "macs": res.report["macs"]["after"],
-           "macs_ratio": shared["macs"] / max(res.report["macs"]["after"], 1),
+                   shapes=opts.input_shapes, provider=opts.provider, inputs=base.inputs,
+                   io=res.io)
+    macs = res.report["macs"]
+    row = {"ratio": ratio, "params": res.report["params"]["after"], "macs": macs["after"],
+           "macs_ratio": macs["before"] / max(macs["after"], 1),
            "cosine": fid["value"], "top1_agreement": fid["top1_agreement"],
            "drop": fid["drop"], "max_abs_diff": fid["max_abs_diff"],
            "latency_ms": None, "latency_p90_ms": None, "speedup": None,
@@ -171,7 +171,8 @@ def fork(state: PruneState, ratio: float) -> PruneState:
     return PruneState(state.input, opts, state.runner, in_memory=state.in_memory,
                       source=Source(work, src.original, src.path, src.in_bytes, src.store,
                                     src.files),
-                      reference=state.reference, copies=dict(state.copies), view=view,
+                      inputs=state.inputs, reference=state.reference,
+                      copies=dict(state.copies), view=view,
                       before=state.before, calibration=state.calibration, blocks=state.blocks,
                       graph=dg, calib_ctx=ctx, scores=state.scores, timings=dict(state.timings))
 

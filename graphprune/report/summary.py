@@ -89,7 +89,33 @@ def summary(r: dict, elapsed: float | None = None) -> str:
     if s["unsupported_ops"]:
         ops_ = ", ".join(f"{k}×{v}" for k, v in s["unsupported_ops"].items())
         lines.append(f"frozen around ops without a rule: {ops_}")
+    lines += io_lines(r)
+    for fault in r.get("input_faults") or []:
+        lines.append(f"note: the input already fails the ONNX checker: {fault[:160]}")
     return "\n".join(lines)
+
+
+def io_lines(r: dict) -> list[str]:
+    """The model's input/output signature changed (KV-cache heads, dropped cache pairs)."""
+    changes = r.get("io_changes") or []
+    if not changes:
+        return []
+    resized = [c for c in changes if "after" in c]
+    removed = [c for c in changes if c["change"] == "removed"]
+    renamed = [c for c in changes if "renamed_to" in c]
+    out = ["the model's input/output signature changed:"]
+    if resized:
+        sizes = sorted({(c["axis"], c["before"], c["after"]) for c in resized})
+        what = ", ".join(f"axis {a} {b} -> {n}" for a, b, n in sizes)
+        out.append(f"  {len(resized)} KV-cache inputs/outputs resized ({what})")
+    if removed:
+        out.append(f"  {len(removed)} KV-cache inputs/outputs removed "
+                   f"(dropped attention blocks): {', '.join(c['name'] for c in removed[:4])}"
+                   + (" ..." if len(removed) > 4 else ""))
+    if renamed:
+        out.append(f"  {len(renamed)} renamed to keep layer numbers contiguous "
+                   f"(e.g. {renamed[0]['name']} -> {renamed[0]['renamed_to']})")
+    return out
 
 
 def summary_lines(report: dict) -> list[str]:

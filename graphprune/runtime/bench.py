@@ -7,6 +7,12 @@ Models that are compared are timed in one child, round-robin, so that load chang
 machine during the measurement slows all of them alike and their latency ratio stays honest.
 The MACs ratio is reported next to the measured speedup because it is the ideal speedup: the gap
 between the two says how much of the removed work the runtime actually turns into time.
+
+Models whose files together exceed `INTERLEAVE_MAX_BYTES` are timed one after the other
+instead, each in its own fresh processes, in the order A B B A (`latency_method: "sequential"`),
+so a big model and its pruned version are never in memory together and a linear drift in load
+still hits both alike. Every model runs from a file: a ModelProto is
+written to a temporary folder first (one whose weights stay on disk, with the store's arrays).
 """
 from __future__ import annotations
 
@@ -24,11 +30,15 @@ import numpy as np
 import onnx
 
 from ..errors import UserError
+from ..ir import WEIGHTS
+from ..ir.files import save_model
 from ..ir.load import file_bytes
-from ..ir.storage import TWO_GB, approx_bytes
+from ..ir.storage import TWO_GB, approx_bytes, has_external_tensors
 from ..progress import bar
-from .session import (log_level, providers_for, random_inputs, resolve_provider, run_options,
-                      set_log_level)
+from ..ir.cache import PAST
+from ..ir.inputs import InputSpec, has_cache, input_specs, random_feeds, with_shapes
+from .session import (_ORT_TYPES, log_level, providers_for, random_inputs, resolve_provider,
+                      run_options, set_log_level)
 from .session import session as make_session
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,7 @@ log = logging.getLogger(__name__)
 # of a fresh process pays for thread-pool start, page faults and CPU clock ramp-up, which would
 # otherwise land in the first model's numbers and bias comparisons of sub-millisecond models.
 MIN_WARMUP_S = 0.3
+INTERLEAVE_MAX_BYTES = 1 << 29  # models compared above this (files together) run one at a time
 
 
 def _rss_bytes() -> int:
@@ -79,10 +90,21 @@ def _peak_rss_bytes() -> int:
         return int(psutil.Process().memory_info().peak_wset)
 
 
-def _feeds(sess, batch: int, seed: int, shapes: dict | None = None) -> tuple[dict, int]:
-    """Random inputs; a symbolic leading dim gets `batch`, inputs named in `shapes` those dims.
-    Returns the feeds and the real batch."""
-    feeds = random_inputs(sess, seed=seed, batch=batch, dynamic=16, shapes=shapes)
+def _feeds(sess, batch: int, seed: int, shapes: dict | None = None,
+           path: str | None = None) -> tuple[dict, int]:
+    """Random inputs; a symbolic leading dim gets `batch`, inputs named in `shapes` those dims
+    (a KV-cache decoder's inputs keep its contract: see `graphprune.ir.inputs`). Returns the
+    feeds and the real batch."""
+    specs = [InputSpec(i.name, _ORT_TYPES.get(i.type, np.float32),
+                       tuple(d if isinstance(d, int) else (d or None) for d in i.shape))
+             for i in sess.get_inputs()]
+    if has_cache(specs):
+        if path is not None and any(not isinstance(d, int) for s in specs if PAST.match(s.name)
+                                    for d in (s.shape[1], s.shape[3])):
+            specs = input_specs(onnx.load(path, load_external_data=False))  # head size
+        feeds = random_feeds(with_shapes(specs, shapes), seed=seed, batch=batch, dynamic=16)
+    else:
+        feeds = random_inputs(sess, seed=seed, batch=batch, dynamic=16, shapes=shapes)
     first = next(iter(feeds.values()), None)
     real = int(first.shape[0]) if first is not None and first.ndim else 1
     return feeds, real
@@ -152,8 +174,9 @@ def _stats(ms: list[float], batch: int) -> dict:
 def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, batch: int = 1,
             provider: str = "CPUExecutionProvider", seed: int = 0,
             show_progress: bool = False, shapes: dict | None = None,
-            placement: bool = True) -> dict:
-    """Time one model in the current process; `benchmark()` runs this in a fresh child."""
+            placement: bool = True, samples: bool = False) -> dict:
+    """Time one model in the current process; `benchmark()` runs this in a fresh child.
+    `samples`: also return every timed run (`samples_ms`)."""
     import onnxruntime  # noqa: F401  (imported before the baseline is taken)
 
     peak_reset = _reset_peak()
@@ -161,7 +184,7 @@ def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, bat
     t0 = time.perf_counter()
     sess = _session(path, threads, provider)
     load_s = time.perf_counter() - t0
-    feeds, real_batch = _feeds(sess, batch, seed, shapes)
+    feeds, real_batch = _feeds(sess, batch, seed, shapes, path)
     names = [o.name for o in sess.get_outputs()]
     _warm(sess, names, feeds, warmup)
     ms = []
@@ -170,9 +193,34 @@ def measure(path: str, threads: int = 0, warmup: int = 5, repeats: int = 50, bat
     out = {**_stats(ms, real_batch), "session_load_s": load_s,
            "peak_rss_bytes": max(_peak_rss_bytes(), _rss_bytes()),
            "baseline_rss_bytes": base_rss, "peak_from_baseline": peak_reset,
-           "providers": sess.get_providers()}
+           "providers": sess.get_providers(), **({"samples_ms": ms} if samples else {})}
+    del sess  # the profiled session below loads the model again: never both at once
     if placement:  # after the peak was read: the profiled session does not count
         out["placement"] = node_placement(path, feeds, threads, provider)
+    return out
+
+
+def measure_sequential(paths: list[str], warmup: int = 5, repeats: int = 50,
+                       show_progress: bool = False, **kw) -> list[dict]:
+    """Time models one at a time, each in its own fresh process, in the order A B … B A: every
+    model's runs are split between a pass forward and a pass backward, so a load that drifts
+    linearly during the measurement hits all models alike. Memory: the larger peak of a
+    model's two processes; node placement from the first."""
+    first = (repeats + 1) // 2
+    order = list(range(len(paths))) + (list(reversed(range(len(paths)))) if repeats > 1 else [])
+    parts: list[list[dict]] = [[] for _ in paths]
+    for step, k in enumerate(order):
+        n = first if step < len(paths) else repeats - first
+        parts[k].append(_in_child(measure, paths[k], warmup=warmup, repeats=n, samples=True,
+                                  placement=step < len(paths), show_progress=show_progress,
+                                  **kw))
+    out = []
+    for runs in parts:
+        r = dict(runs[0])
+        ms = [x for run in runs for x in run.pop("samples_ms")]
+        r.update(_stats(ms, r["batch"]))
+        r["peak_rss_bytes"] = max(run["peak_rss_bytes"] for run in runs)
+        out.append(r)
     return out
 
 
@@ -186,7 +234,7 @@ def measure_interleaved(paths: list[str], threads: int = 0, warmup: int = 5, rep
     sessions = []
     for p in paths:
         sess = _session(p, threads, provider)
-        feeds, real_batch = _feeds(sess, batch, seed, shapes)
+        feeds, real_batch = _feeds(sess, batch, seed, shapes, p)
         names = [o.name for o in sess.get_outputs()]
         _warm(sess, names, feeds, warmup)
         sessions.append((sess, names, feeds, real_batch))
@@ -236,8 +284,11 @@ def _child_main() -> None:
 def _as_path(model, tmpdir: str, k: int = 0) -> tuple[str, onnx.ModelProto | None]:
     if isinstance(model, onnx.ModelProto):
         p = os.path.join(tmpdir, f"model{k}.onnx")
-        onnx.save(model, p, save_as_external_data=approx_bytes(model) > TWO_GB,
-                  location=f"model{k}.onnx.data")
+        if has_external_tensors(model):  # weights on disk and in the store: streamed out
+            save_model(model, p, store=WEIGHTS.get(), rebase=False)
+        else:
+            onnx.save(model, p, save_as_external_data=approx_bytes(model) > TWO_GB,
+                      location=f"model{k}.onnx.data")
         return p, model
     p = Path(model)
     if not p.is_file():
@@ -305,7 +356,7 @@ def benchmark(model, threads: int = 0, warmup: int = 5, repeats: int = 50, batch
                "threads": threads, "warmup": warmup, "repeats": repeats, **res,
                "file_bytes": _file_bytes(path)}
         if cost is not None:
-            out.update(cost(proto if proto is not None else onnx.load(path)))
+            out.update(cost(proto if proto is not None else path))
     return out
 
 
@@ -315,34 +366,43 @@ def benchmark_many(models: list, threads: int = 0, warmup: int = 5, repeats: int
                    cost: Callable | None = None, input_shapes: dict | None = None) -> list[dict]:
     """Benchmark several models for comparison: latency interleaved in one child process
     (`measure_interleaved`), and with `memory` the peak RSS of each model in its own fresh
-    child (a session plus a few runs). Same result keys as `benchmark`."""
+    child (a session plus a few runs); above `INTERLEAVE_MAX_BYTES` each model alone in its own
+    children, one after the other (`measure_sequential`: latency and memory together). Same
+    result keys as `benchmark`; `cost(model)` gets the ModelProto or the path."""
     _check(threads, warmup, repeats, batch, provider, seed)
     provider = resolve_provider(provider)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     with tempfile.TemporaryDirectory(prefix="graphprune-bench-") as tmp:
         located = [_as_path(m, tmp, k) for k, m in enumerate(models)]
         paths = [p for p, _ in located]
+        sizes = [_file_bytes(p) for p in paths]
+        kw = dict(threads=threads, batch=batch, provider=provider, seed=seed, shapes=shapes)
         log.debug("benchmark_many %s", paths)
         try:
-            lat = _in_child(measure_interleaved, paths, threads=threads, warmup=warmup,
-                            repeats=repeats, batch=batch, provider=provider, seed=seed,
-                            show_progress=progress, shapes=shapes)
-            mem = [_in_child(measure, p, threads=threads, warmup=0, repeats=3, batch=batch,
-                             provider=provider, seed=seed, shapes=shapes) if memory else {}
-                   for p in paths]
+            if sum(sizes) > INTERLEAVE_MAX_BYTES:
+                method = "sequential"
+                lat = mem = measure_sequential(paths, warmup=warmup, repeats=repeats,
+                                               show_progress=progress, **kw)
+            else:
+                method = "interleaved"
+                lat = _in_child(measure_interleaved, paths, warmup=warmup, repeats=repeats,
+                                show_progress=progress, **kw)
+                mem = [_in_child(measure, p, warmup=0, repeats=3, **kw) if memory else {}
+                       for p in paths]
         except Exception as e:
             raise _run_error(e) from e
         out = []
-        for (path, proto), li, mi in zip(located, lat, mem):
+        for (path, proto), li, mi, size in zip(located, lat, mem, sizes):
             r = {"model": None if proto is not None else path, "provider": provider,
                  "threads": threads, "warmup": warmup, "repeats": repeats,
-                 "latency_method": "interleaved", **li, "file_bytes": _file_bytes(path)}
+                 "latency_method": method, "file_bytes": size,
+                 **{k: li[k] for k in ("latency_ms", "throughput_per_s", "batch")}}
             for k in ("peak_rss_bytes", "baseline_rss_bytes", "peak_from_baseline",
                       "session_load_s", "placement"):
                 if k in mi:
                     r[k] = mi[k]
             if cost is not None:
-                r.update(cost(proto if proto is not None else onnx.load(path)))
+                r.update(cost(proto if proto is not None else path))
             out.append(r)
     return out
 

@@ -7,6 +7,12 @@ runtime (a torch model in a benchmark), which is what makes them comparable.
 Perplexity is exp(mean negative log-likelihood of every next token) over non-overlapping windows
 of ``seq_len`` tokens; each window starts with no context, so the numbers compare between
 models at the same window length, not with numbers measured on other windows.
+
+A decoder with a KV cache (past_key_values / present graph I/O) runs either on whole windows
+with an empty past (a prefill: `ort_logits`), or the way it is deployed (`Decoder.incremental`,
+`ort_logits(..., incremental=True)`, `ort_generate`): a prefill of the first tokens with an
+empty past, then one token at a time, each step feeding the previous step's presents back as
+its past. Both give the same logits.
 """
 from __future__ import annotations
 
@@ -15,25 +21,93 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from ..ir.inputs import input_specs, text_feeds
+from ..ir.cache import cache_tensors
+from ..ir.inputs import cache_feeds, has_cache, input_specs, text_feeds
 from .session import run_options, session
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
-def ort_logits(model, threads: int = 0, output: str | None = None) -> LogitsFn:
-    """Logits function of an ONNX causal LM (path or ModelProto) whose only input is token ids
-    (other text inputs are filled like `graphprune.ir.inputs.text_feeds`)."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model),
-                                                                       load_external_data=False)
-    specs = input_specs(proto)  # read once: every call (each generated token) reuses them
-    sess = session(model if isinstance(model, onnx.ModelProto) else str(model), threads=threads)
-    name = output or sess.get_outputs()[0].name
+class Decoder:
+    """A causal LM (path or ModelProto; `store`: the weights of a lazily loaded one) in ONNX
+    Runtime, with or without a KV cache."""
 
-    def run(ids: np.ndarray) -> np.ndarray:
-        return sess.run([name], text_feeds(specs, np.asarray(ids)), run_options())[0]
+    def __init__(self, model, threads: int = 0, output: str | None = None, store=None):
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
+            str(model), load_external_data=False)
+        self.specs = input_specs(proto)  # read once: every call (each token) reuses them
+        self.sess = session(model if isinstance(model, onnx.ModelProto) else str(model),
+                            threads=threads, store=store)
+        self.output = output or self.sess.get_outputs()[0].name
+        self.cache = has_cache(self.specs)
+        cache = cache_tensors(proto)
+        present = {(c.layer, c.kind): c.name for c in cache if c.io == "output"}
+        self.present_of = {c.name: present[(c.layer, c.kind)] for c in cache
+                           if c.io == "input" and (c.layer, c.kind) in present}
 
-    return run
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of whole sequences (a cache model starts from an empty past)."""
+        return self.sess.run([self.output], text_feeds(self.specs, np.asarray(ids)),
+                             run_options())[0]
+
+    def step(self, ids: np.ndarray, pasts: dict | None) -> tuple[np.ndarray, dict]:
+        """One run on `ids` after the cache `pasts` (None: empty); (logits, the new cache)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if pasts is None:
+            feeds = text_feeds(self.specs, ids)
+        else:
+            feeds = cache_feeds(self.specs, ids=ids, pasts=pasts)
+        names = [self.output] + list(self.present_of.values())
+        outs = dict(zip(names, self.sess.run(names, feeds, run_options())))
+        return outs[self.output], {p: outs[q] for p, q in self.present_of.items()}
+
+    def incremental(self, ids: np.ndarray, prefill: int = 1) -> np.ndarray:
+        """Logits of whole sequences computed as deployed: the first `prefill` tokens with
+        an empty past, then one token per step on the cache."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.cache:
+            return self.logits(ids)
+        out, pasts = self.step(ids[:, :prefill], None)
+        parts = [out]
+        for t in range(prefill, ids.shape[1]):
+            out, pasts = self.step(ids[:, t:t + 1], pasts)
+            parts.append(out)
+        return np.concatenate(parts, axis=1)
+
+    def generate(self, prompt_ids, max_new: int = 20, stop_ids: tuple[int, ...] = (),
+                 use_cache: bool = True) -> list[int]:
+        """Greedy continuation: with a cache, the prompt is prefilled once and every new token
+        is one step; without (or `use_cache` False), the whole sequence runs each step."""
+        if not (self.cache and use_cache):
+            return greedy_generate(self.logits, prompt_ids, max_new, stop_ids)
+        ids = np.asarray([list(prompt_ids)], dtype=np.int64)
+        out, pasts = self.step(ids, None)
+        new: list[int] = []
+        for _ in range(max_new):
+            nxt = int(np.argmax(out[0, -1]))
+            if nxt in stop_ids:
+                break
+            new.append(nxt)
+            if len(new) == max_new:
+                break
+            out, pasts = self.step(np.asarray([[nxt]], dtype=np.int64), pasts)
+        return new
+
+
+def ort_logits(model, threads: int = 0, output: str | None = None,
+               incremental: bool = False, store=None) -> LogitsFn:
+    """Logits function of an ONNX causal LM (path or ModelProto; `store`: the weights of a
+    lazily loaded one, e.g. a `PruneResult`'s) whose only input is token ids
+    (other text inputs are filled like `graphprune.ir.inputs.text_feeds`; a KV cache starts
+    empty). `incremental`: computed token by token on the cache (see `Decoder`)."""
+    dec = Decoder(model, threads=threads, output=output, store=store)
+    return dec.incremental if incremental else dec.logits
+
+
+def ort_generate(model, prompt_ids, max_new: int = 20, stop_ids: tuple[int, ...] = (),
+                 threads: int = 0, use_cache: bool = True) -> list[int]:
+    """Greedy continuation in ONNX Runtime (on the KV cache when the model has one)."""
+    return Decoder(model, threads=threads).generate(prompt_ids, max_new, stop_ids, use_cache)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -7,14 +7,31 @@ session's logger and each run's. Forked children inherit the setting; the fresh 
 processes of the benchmark are given it (`log_level`, `set_log_level`). `low_memory` (big
 models) turns weight pre-packing off, so weights are used where they lie instead of being
 copied into packed buffers.
+
+A ModelProto whose weights stay on disk (a lazily loaded model, see
+`graphprune.ir.storage.WeightStore`) runs without its weights ever entering Python: ONNX
+Runtime gets the graph (a few kB to MB) as bytes and reads the external data itself, from the
+store's folder (`session.model_external_initializers_file_folder_path`; it memory-maps aligned
+tensors). Tensors a pass rewrote live as arrays in the store; the session's graph takes them as
+extra inputs, fed with those arrays on every run, which ONNX Runtime reads in place (its
+in-memory initializers, `SessionOptions.add_external_initializers`, would be copied: the
+rewritten weights held twice). `HeldSession` hides those inputs from callers.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper
+
+from ..errors import UserError
+from ..ir import WEIGHTS
+from ..ir.storage import WeightStore, copy_fields, ext_info, has_external_tensors
+
+from ..ir.inputs import InputSpec, random_feeds, with_shapes
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -22,6 +39,7 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
 }
 DEFAULT_PROVIDER = "CPUExecutionProvider"
+EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 ERROR, FATAL = 3, 4
 _LOG = {"level": FATAL}
 
@@ -80,8 +98,11 @@ def providers_for(provider: str) -> list[str]:
 
 
 def session(model: onnx.ModelProto | str | bytes, threads: int = 0,
-            provider: str = DEFAULT_PROVIDER, low_memory: bool = False) -> ort.InferenceSession:
-    """A session from a ModelProto, serialized bytes or a path (external data beside it)."""
+            provider: str = DEFAULT_PROVIDER, low_memory: bool = False,
+            store: WeightStore | None = None):
+    """A session from a ModelProto, serialized bytes or a path (external data beside it). A
+    ModelProto whose weights stay on disk reads them through `store` (default: the weights of
+    the running prune, `graphprune.ir.WEIGHTS`); see the module docstring."""
     opts = ort.SessionOptions()
     opts.log_severity_level = _LOG["level"]
     if threads:
@@ -90,31 +111,99 @@ def session(model: onnx.ModelProto | str | bytes, threads: int = 0,
     if low_memory:
         opts.add_session_config_entry("session.disable_prepacking", "1")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, sess_options=opts, providers=providers_for(provider))
+    held: dict[str, np.ndarray] = {}
+    if isinstance(model, onnx.ModelProto):
+        if has_external_tensors(model):
+            src, held = external_source(model, store if store is not None else WEIGHTS.get(),
+                                        opts)
+        else:
+            src = model.SerializeToString()
+    else:
+        src = model
+    sess = ort.InferenceSession(src, sess_options=opts, providers=providers_for(provider))
+    return HeldSession(sess, held) if held else sess
+
+
+def external_source(model: onnx.ModelProto, store: WeightStore | None,
+                    opts: ort.SessionOptions) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The serialized graph of a lazily loaded `model` for ONNX Runtime, with `opts` pointed at
+    the folder of its data files; the tensors it holds as store arrays become graph inputs.
+    Returns the bytes and those arrays by name."""
+    held, on_disk = {}, False
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        slot = ext_info(t).slot
+        if slot is None:
+            on_disk = True
+        elif store is None or slot not in store.arrays:
+            raise UserError(f"tensor '{t.name}': its rewritten value is no longer available")
+        else:
+            held[t.name] = store.arrays[slot]
+    if on_disk:
+        if store is None or store.folder is None:
+            raise UserError("the model keeps weights in an external data file, but the "
+                            "model's folder is unknown: load the model from its path")
+        opts.add_session_config_entry(EXTERNAL_FOLDER, store.folder)
+    if not held:
+        return model.SerializeToString(), held
+    graph = onnx.ModelProto()  # the graph without the held tensors: no weight is copied
+    copy_fields(graph, model, skip="graph")
+    copy_fields(graph.graph, model.graph, skip="initializer")
+    listed = {i.name for i in graph.graph.input}
+    for t in model.graph.initializer:
+        if t.name not in held:
+            graph.graph.initializer.add().CopyFrom(t)
+        elif t.name not in listed:
+            graph.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type,
+                                                                   list(t.dims)))
+    return graph.SerializeToString(), held
+
+
+class HeldSession:
+    """A session whose rewritten weights are graph inputs: every run feeds them (read in place),
+    and `get_inputs` lists only the model's own inputs. Anything else is the session's."""
+
+    def __init__(self, sess: ort.InferenceSession, held: dict[str, np.ndarray]):
+        self._sess, self.held = sess, held
+
+    def run(self, output_names, input_feed, run_options=None):
+        return self._sess.run(output_names, {**input_feed, **self.held}, run_options)
+
+    def get_inputs(self):
+        return [i for i in self._sess.get_inputs() if i.name not in self.held]
+
+    def __getattr__(self, name):
+        return getattr(self._sess, name)
+
+
+def trim_heap() -> None:
+    """Hand memory freed by a finished session (or released arrays) back to the system.
+
+    glibc keeps freed blocks below its (adaptive, up to 32 MB) mmap threshold in the heap, so
+    a session's packed weights, freed, would stay resident for the rest of the run, and every
+    forked child would start with them mapped. `malloc_trim` returns them; elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def session_specs(sess: ort.InferenceSession) -> list[InputSpec]:
+    """The inputs a session takes, as `graphprune.ir.inputs.InputSpec`s."""
+    return [InputSpec(i.name, _ORT_TYPES.get(i.type, np.float32),
+                      tuple(d if isinstance(d, (int, str)) else None for d in i.shape))
+            for i in sess.get_inputs()]
 
 
 def random_inputs(sess: ort.InferenceSession, seed: int = 0, dynamic: int = 1,
                   batch: int = 1, shapes: dict | None = None) -> dict[str, np.ndarray]:
     """Random feeds matching a session's inputs; symbolic dims get `batch` (axis 0) or
-    `dynamic` (other axes), inputs named in `shapes` get those dims. Integer inputs get small
-    non-negative values (safe as indices). The same values
+    `dynamic` (other axes), equal dim names one size, inputs named in `shapes` get those dims.
+    Integer inputs get small non-negative values (safe as indices). The same values
     `graphprune.ir.inputs.random_feeds` makes from the model's graph inputs."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else dynamic)
-                 for k, d in enumerate(i.shape)]
-        if shapes and i.name in shapes:
-            shape = [int(d) for d in shapes[i.name]]
-        dt = _ORT_TYPES.get(i.type, np.float32)
-        if dt == np.bool_:
-            feeds[i.name] = rng.random(shape) > 0.5
-        elif np.issubdtype(dt, np.integer):
-            feeds[i.name] = rng.integers(0, 2, size=shape).astype(dt)
-        else:
-            feeds[i.name] = rng.standard_normal(shape).astype(dt)
-    return feeds
+    return random_feeds(with_shapes(session_specs(sess), shapes), seed=seed, dynamic=dynamic,
+                        batch=batch)
 
 
 def run_options() -> ort.RunOptions:

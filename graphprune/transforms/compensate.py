@@ -115,15 +115,17 @@ def _add_to_bias(view: GraphView, rw: Rewriter, c: Consumer, d_out: np.ndarray, 
     base = f"{node.name or node.output[0]}_bias_comp"
     name = rw.fresh_name(base)
     rw.add_initializer(name, value)
-    if c.op in ("Conv", "Gemm"):
-        while len(node.input) < 3:
+    if c.op in ("Conv", "Gemm", "MatMulNBits"):
+        slot = 5 if c.op == "MatMulNBits" else 2
+        while len(node.input) <= slot:
             node.input.append("")
-        node.input[2] = name
+        node.input[slot] = name
         return "added"
     # MatMul: y = MatMul(x, W) becomes y = Add(MatMul(x, W), b), keeping y's name
     y = node.output[0]
     mid = rw.fresh_name(f"{y}_nobias")
     node.output[0] = mid
+    view.same_shape[mid] = y  # so the pruned model's MACs still count the MatMul
     add = helper.make_node("Add", [mid, name], [y], name=rw.fresh_name(f"{base}_add"))
     new_nodes.append((node, add))
     return "added (Add node)"

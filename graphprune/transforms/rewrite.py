@@ -4,6 +4,8 @@
 2. Every node's rule fixes what depends on sizes (Conv `group`, Reshape/Split/Slice/Expand/Resize
    constants, Gather indices).
 3. Stale value_info of shrunk tensors is dropped; shapes are re-inferred by validation.
+4. Graph inputs/outputs that shrank (only a KV cache's head axis can: see
+   `graphprune.analysis.graph.Policy.cache_heads`) declare their new size.
 
 Constant inputs rewritten by a rule are edited in place when only that node reads them and copied
 under a fresh name otherwise, so a shared shape constant never changes under another node.
@@ -15,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..analysis.graph import DependencyGraph
-from ..ir import GraphView, attr
+from ..ir import GraphView, attr, quant, subgraph_outer_names
 from ..ir.shapes import inference_copy
 from ..ops.registry import lookup
 from .select import Plan
@@ -96,6 +98,18 @@ class RewriteContext:
     def set_input(self, idx: int, value: np.ndarray) -> None:
         self.rw.set_node_const(self.node, idx, value)
 
+    def gather_input(self, idx: int, axis: int, positions: np.ndarray) -> None:
+        """Read input `idx` through a Gather of `positions` along `axis`, inserted before the
+        node (an input whose size the pruning does not change, read by a node that now takes
+        fewer positions: a recurrent op's initial state fed from outside)."""
+        name = self.node.input[idx]
+        out = self.rw.fresh_name(f"{name}_kept")
+        indices = self.rw.fresh_name(f"{out}_indices")
+        self.rw.add_initializer(indices, np.asarray(positions, dtype=np.int64))
+        self.rw.inserts.append((self.node, helper.make_node("Gather", [name, indices], [out],
+                                                            name=out, axis=axis)))
+        self.node.input[idx] = out
+
     def add_input(self, value: np.ndarray, suffix: str) -> None:
         while len(self.node.input) < 1:
             self.node.input.append("")
@@ -111,10 +125,12 @@ class Rewriter:
         self.keep = keep
         self._orig: dict[str, np.ndarray] = {}
         self.inserts: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+        self.written: set[str] = set()  # tensors given new values (their value_info is stale)
         self._names = {t.name for t in self.model.graph.initializer}
         for n in self.model.graph.node:
             self._names.update(n.output)
             self._names.update(n.input)
+            self._names.add(n.name)  # new nodes get fresh names too (a later --steps round)
 
     # ----------------------------------------------------------------- helpers
     def original_const(self, name: str) -> np.ndarray | None:
@@ -152,8 +168,9 @@ class Rewriter:
         if name in self.view.partial:
             old, known = self.view.partial[name]
             changed = known & (np.asarray(value) != old)
-            if changed.any():
-                self.patch_entries(node, idx, changed, np.asarray(value))
+            if changed.any():  # every known entry: those the rule left are pinned to their
+                # original value (a head size computed from a hidden size that shrank)
+                self.patch_entries(node, idx, known, np.asarray(value))
             return
         if len(users) == 1 and name not in self.view.graph_outputs and name in self.view.consts:
             self.write_const(name, value)
@@ -191,9 +208,18 @@ class Rewriter:
         self.inserts = []
 
     def write_const(self, name: str, value: np.ndarray) -> None:
-        """Replace the value of a constant source, wherever it is stored."""
+        """Replace the value of a constant source, wherever it is stored (a block-quantized
+        weight is quantized again: see `graphprune.ir.quant`)."""
         c = self.view.consts[name]
         value = np.asarray(value)
+        self.written.add(name)
+        if c.kind == "quantized":
+            dtypes = {"scales": self.view.consts[c.proto.scales].dtype,
+                      "zp": (self.view.consts[c.proto.zero_points].dtype
+                             if c.proto.zero_points else None)}
+            self.write_quantized(c.proto, quant.quantize(value.astype(np.float64), c.proto,
+                                                         dtypes))
+            return
         if c.kind == "initializer":
             store = self.view.store
             if store is not None and store.keeps(value):
@@ -214,6 +240,22 @@ class Rewriter:
             raise AssertionError("ConstantOfShape fills are rewritten through their shape")
         self.view.forget_value(name)
 
+    def write_quantized(self, qw: "quant.QuantWeight", parts: "quant.Parts") -> None:
+        """Store a quantized weight's codes, scales and zero points (and reshape the views of
+        its codes to the new size)."""
+        ranks = {"codes": len(self.view.consts[qw.codes].shape),
+                 "scales": len(self.view.consts[qw.scales].shape),
+                 "zp": len(self.view.consts[qw.zero_points].shape) if qw.zero_points else 0}
+        arrays = quant.stored(parts, ranks)
+        for t, arr in arrays.items():
+            self.write_const(t, arr)
+        codes = arrays[qw.codes]
+        for node, _ in qw.views:
+            self.written.add(node.output[0])
+            self.set_node_const(node, 1, np.array(
+                [codes.shape[0], int(np.prod(codes.shape[1:]))], dtype=np.int64))
+        self.view.forget_value(qw.name)
+
     def _fix_ir3_input(self, name: str, t: onnx.TensorProto) -> None:
         for vi in self.model.graph.input:
             if vi.name == name:
@@ -227,6 +269,12 @@ class Rewriter:
                 by_tensor.setdefault(name, []).append((axis, pos))
         for name, cuts in sorted(by_tensor.items()):
             c = self.view.consts[name]
+            if c.kind == "quantized":  # rows and whole blocks exact, partial blocks re-quantized
+                parts = quant.read_parts(c.proto, self.view.const_value)
+                for axis, pos in sorted(cuts, key=lambda ap: ap[0]):
+                    parts = quant.take(parts, axis, pos)
+                self.write_quantized(c.proto, parts)
+                continue
             if c.kind == "constant_of_shape":
                 shape = list(c.shape)
                 for axis, pos in cuts:
@@ -268,6 +316,15 @@ class Rewriter:
                     old, known = self.view.partial[name]
                     self.patch_entries(node, idx, known, old)
                     pinned += 1
+        for node in self.model.graph.node:
+            # the shape of a weight is a constant: the weight (or the copy of it only this
+            # node read) need not be kept for it
+            if (node.op_type in ("Shape", "Size") and node.input and node.input[0] in
+                    self.view.consts and node.output[0] in folded):
+                const = helper.make_node("Constant", [], [node.output[0]], name=node.name,
+                                         value=numpy_helper.from_array(folded[node.output[0]]))
+                node.CopyFrom(const)
+                pinned += 1
         outputs = {o.name for o in self.model.graph.output}
         for node in self.model.graph.node:
             name = node.output[0] if node.output else ""
@@ -283,7 +340,7 @@ class Rewriter:
         """Shapes recorded for shrunk tensors are stale. Where the model carried them (dynamo
         exports do), fresh ones are inferred: ONNX Runtime's shape-dependent fusions (e.g.
         Slice→Split in rotary embeddings) need them."""
-        shrunk = {name for name, _ in self.keep}
+        shrunk = {name for name, _ in self.keep} | self.written
         stale = [vi.name for vi in self.model.graph.value_info if vi.name in shrunk]
         vis = [vi for vi in self.model.graph.value_info if vi.name not in shrunk]
         del self.model.graph.value_info[:]
@@ -298,6 +355,61 @@ class Rewriter:
             self.model.graph.value_info.extend(fresh[n] for n in stale if n in fresh)
 
 
+def _node_key(node: onnx.NodeProto) -> tuple:
+    return (node.op_type, node.name, tuple(node.output))
+
+
+def dead_nodes(model: onnx.ModelProto) -> set[tuple]:
+    """Keys of the nodes whose outputs nothing reads (transitively), and the initializers
+    only they read (as ("", name, ()) keys)."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    live = set()
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output if o):
+            live.add(_node_key(node))
+            needed.update(i for i in node.input if i)
+            needed.update(subgraph_outer_names(node))
+    dead = {_node_key(n) for n in g.node} - live
+    dead |= {("", t.name, ()) for t in g.initializer if t.name not in needed}
+    return dead
+
+
+def drop_newly_dead(model: onnx.ModelProto, dead_before: set[tuple]) -> int:
+    """Remove what the rewrite left unused (a Shape of a weight whose value was pinned, a
+    weight copy only it read); what the input model already carried unused stays."""
+    new = dead_nodes(model) - dead_before
+    if not new:
+        return 0
+    g = model.graph
+    keep_nodes = [n for n in g.node if _node_key(n) not in new]
+    keep_inits = [t for t in g.initializer if ("", t.name, ()) not in new]
+    dropped = {t.name for t in g.initializer if ("", t.name, ()) in new}
+    del g.node[:]
+    g.node.extend(keep_nodes)
+    del g.initializer[:]
+    g.initializer.extend(keep_inits)
+    if dropped:
+        inputs = [i for i in g.input if i.name not in dropped]
+        del g.input[:]
+        g.input.extend(inputs)
+    return len(new)
+def resize_graph_io(model: onnx.ModelProto, keep: dict[tuple[str, int], np.ndarray]
+                    ) -> dict[str, tuple[int, np.ndarray]]:
+    """Declare the new size of every graph input/output axis that shrank; returns them as
+    name -> (axis, kept positions)."""
+    changed = {}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for (name, axis), pos in keep.items():
+            if name != vi.name:
+                continue
+            changed[name] = (axis, pos)
+            d = vi.type.tensor_type.shape.dim[axis]
+            if d.HasField("dim_value"):
+                d.dim_value = int(len(pos))
+    return changed
+
+
 def shapes_after(view: GraphView, keep: dict[tuple[str, int], np.ndarray]) -> dict:
     """The pruned model's shapes: every shape the analysis knew, with each shrunk axis at its
     kept size (no second round of shape inference or ONNX Runtime probing)."""
@@ -306,12 +418,16 @@ def shapes_after(view: GraphView, keep: dict[tuple[str, int], np.ndarray]) -> di
         s = shapes.get(name)
         if s is not None and axis < len(s):
             shapes[name] = s[:axis] + (int(len(pos)),) + s[axis + 1:]
+    for name, like in view.same_shape.items():  # tensors added after the analysis
+        if like in shapes:
+            shapes[name] = shapes[like]
     return shapes
 
 
-def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> tuple[dict, dict]:
-    """Apply a plan to `view.model` in place. Returns counts for the report and the shapes of
-    the pruned model (see `shapes_after`)."""
+def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> tuple[dict, dict, dict]:
+    """Apply a plan to `view.model` in place. Returns counts for the report, the shapes of
+    the pruned model (see `shapes_after`) and the graph inputs/outputs that shrank
+    (`resize_graph_io`)."""
     keep = keep_positions(dg, plan)
     rw = Rewriter(view, keep)
     # read original small constants before anything is overwritten
@@ -324,6 +440,7 @@ def rewrite(view: GraphView, dg: DependencyGraph, plan: Plan) -> tuple[dict, dic
     rw.fix_nodes()
     pinned = rw.pin_shape_computations()
     rw.insert_pending()
+    io = resize_graph_io(view.model, keep)
     rw.drop_stale_value_info()
     counts = {"tensors_sliced": n_sliced, "axes_shrunk": len(keep), "shape_values_pinned": pinned}
-    return counts, shapes_after(view, keep)
+    return counts, shapes_after(view, keep), io

@@ -8,7 +8,9 @@ rewrite, copies whose values are still identical to the original are folded back
 the output model shares exactly what it can.
 
 Very large shared tensors (tied embeddings) stay shared: coupling their readers is the correct,
-conservative answer, and copying them would cost memory.
+conservative answer, and copying them would cost memory. So do the parts of a block-quantized
+weight (`graphprune.ir.quant`): its readers (a tied int4 LM head and embedding) read one
+logical weight, which must shrink as one.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def untie_shared_constants(model: onnx.ModelProto, view: GraphView | None = None
     for name, c in view.consts.items():
         if c.kind not in ("initializer", "constant_node") or c.numel <= 1:
             continue
-        if c.numel > MAX_COPY_ELEMENTS or name in view.graph_outputs:
+        if c.numel > MAX_COPY_ELEMENTS or name in view.graph_outputs or name in view.quant_storage:
             continue
         readers = uses.get(name, [])
         if len(readers) < 2:

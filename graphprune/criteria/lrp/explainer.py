@@ -90,14 +90,12 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ...analysis.build import has_attention
 from ...calibration.data import Calibration
 from ...calibration.stats import Runner
 from ...errors import UserError
 from ...ir import GraphView
-from ...ir.storage import TWO_GB, approx_bytes
 from . import flow, layers  # noqa: F401  (register the rules)
 from .flow import IndexMaps
 from .kernels import CONV_RULES, EPS, f64, label_of
@@ -160,7 +158,8 @@ class Explainer:
         # False: skip the layers that only read graph inputs (the input's relevance map is an
         # explanation, but no unit score reads it; on a 224² stem it is ~10% of the work)
         self.input_relevance = input_relevance
-        self.model = model if model is not None else runnable_model(view)
+        self.model = model if model is not None else view.model  # the runner reads weights
+        # kept on disk from there
         self.cfg = cfg or LRPConfig()
         self.cfg.check()
         self.attention = has_attention(view) if attention is None else attention
@@ -274,23 +273,6 @@ class Explainer:
             out.append(f"lrp: {op} {why} at {len(uniq)} node(s) (e.g. '{uniq[0]}'); relevance "
                        "stops there")
         return out
-
-
-def runnable_model(view: GraphView) -> onnx.ModelProto:
-    """The model ORT can run from memory: weights kept on disk (external data) are read in."""
-    model = view.model
-    ext = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if not ext:
-        return model
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for t in m.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            t.CopyFrom(numpy_helper.from_array(np.asarray(view.const_value(t.name)), t.name))
-    if approx_bytes(m) > TWO_GB:
-        raise UserError("lrp runs the model in ONNX Runtime from memory, which is not possible "
-                        "for models over 2 GB")
-    return m
 
 
 def relevance_sums(view: GraphView, runner: Runner, feeds: dict, labels=None,
