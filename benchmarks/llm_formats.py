@@ -58,20 +58,14 @@ def model_path(fmt: str, formats: Path) -> Path:
 
 
 def genai_generate(folder: Path, prompt: str, steps: int) -> str | None:
+    """Greedy continuation from ``onnxruntime_genai`` (None when it is not installed)."""
     try:
-        import onnxruntime_genai as og
+        import onnxruntime_genai  # noqa: F401
     except ImportError:
         return None
-    model = og.Model(str(folder))
-    tok = og.Tokenizer(model)
-    ids = [int(t) for t in tok.encode(prompt)]
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + steps, batch_size=1)
-    gen = og.Generator(model, params)
-    gen.append_tokens([ids])
-    while not gen.is_done():
-        gen.generate_next_token()
-    return tok.decode([int(t) for t in gen.get_sequence(0)][len(ids):])
+    from models.llm_formats import genai_greedy
+
+    return genai_greedy(folder, prompt, steps)[1]
 
 
 def main(argv=None) -> dict:

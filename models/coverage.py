@@ -78,6 +78,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models._export_util import strip_metadata
+
 REGISTRY: dict[str, tuple[Callable, str, tuple[str, ...], str]] = {}
 
 
@@ -119,36 +121,9 @@ def _quiet():
 
 
 def _strip(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop exporter metadata (stack traces, paths) so files are small and reproducible."""
-
-    def graph(g):
-        g.doc_string = ""
-        for seq in (g.input, g.output, g.value_info):
-            for vi in seq:
-                del vi.metadata_props[:]
-                vi.doc_string = ""
-        for t in g.initializer:
-            del t.metadata_props[:]
-            t.doc_string = ""
-        for n in g.node:
-            del n.metadata_props[:]
-            n.doc_string = ""
-            for a in n.attribute:
-                if a.HasField("g"):
-                    graph(a.g)
-                for sub in a.graphs:
-                    graph(sub)
-
-    model.doc_string = ""
-    model.producer_version = model.producer_version  # keep producer: converters are the point
-    del model.metadata_props[:]
-    graph(model.graph)
-    for fn in model.functions:
-        del fn.metadata_props[:]
-        fn.doc_string = ""
-        for n in fn.node:
-            del n.metadata_props[:]
-            n.doc_string = ""
+    """Drop exporter metadata (stack traces, paths) so files are small and reproducible; the
+    producer is kept (converters are the point)."""
+    strip_metadata(model)
     return model
 
 
