@@ -223,3 +223,20 @@ def test_levers_refuse_what_they_cannot_do():
             graphprune.prune(path, ratio=0.3, **kw)
     with pytest.raises(graphprune.errors.UserError, match="meanvar"):
         graphprune.prune(path, ratio=0.3, calib=2, correct="median")
+
+
+def test_text_calibration_keeps_one_shot_and_uniform_widths_by_default(tmp_path):
+    """Statistics from --calib-text: no reconstruction and no allocation unless asked for (on
+    a text-calibrated decoder both measured worse than one-shot, uniform widths); asked for,
+    both run."""
+    llm = MODELS / "llm" / "genai-fp32"
+    text = tmp_path / "calib.txt"
+    text.write_text("The capital of France is Paris. A tokenizer cuts text into pieces. " * 20)
+    common = dict(criterion="flap", dims="heads,mlp", target_params=0.2, calib_text=str(text),
+                  tokenizer=str(llm / "tokenizer.json"), seq_len=16)
+    res = graphprune.prune(str(llm / "model.onnx"), **common)
+    assert res.report["compensation"]["mode"] == "flap"
+    assert res.report["target"]["allocate"] is False
+    res = graphprune.prune(str(llm / "model.onnx"), reconstruct=True, allocate=True, **common)
+    assert res.report["compensation"]["mode"] == "reconstruct"
+    assert res.report["target"]["allocate"] is True

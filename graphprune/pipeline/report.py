@@ -6,6 +6,7 @@ import onnx
 
 from ..ir.storage import approx_bytes
 from ..version import __version__
+from .options import allocating
 from .state import PHASES, PruneState
 
 
@@ -59,7 +60,8 @@ def build_report(state: PruneState) -> dict:
                    "round_to": opts.round_to, "min_keep": opts.min_keep,
                    "max_ratio": opts.max_ratio, "ratio_for": dict(opts.ratio_for),
                    "protect": list(opts.protect), "protect_op": list(opts.protect_op),
-                   "steps": opts.steps, "seed": opts.seed},
+                   "steps": opts.steps, "seed": opts.seed,
+                   "allocate": allocating(opts)},
         "model": model_info(src.work),
         "ops": {"before": state.before.get("ops", {}), "after": state.after.get("ops", {})},
         "params": {"before": state.before["params"], "after": state.after["params"]},
