@@ -111,9 +111,10 @@ PRUNE_OPTIONS = [
     click.option("--reconstruct/--no-reconstruct", default=None,
                  help="Refit every consumer of a removed unit in graph order, by least squares "
                       "on the partly pruned model's activations against the original's outputs "
-                      "(replaces the one-shot compensation). Default: on when calibration data "
-                      "reaches a data-aware criterion (wanda, flap, obspa, amp, lrp) and "
-                      "--compensate is auto or obspa."),
+                      "(replaces the one-shot compensation). Default: on when calibration arrays "
+                      "(--calib, --calib-random) reach a data-aware criterion (wanda, flap, "
+                      "obspa, amp, lrp) and --compensate is auto or obspa; off with "
+                      "--calib-text."),
     click.option("--correct", "correct", type=click.Choice(["auto", "meanvar", "mean", "none"]),
                  default="auto", show_default=True,
                  help="Match every changed layer's per-channel output mean (and variance) to "
@@ -122,7 +123,8 @@ PRUNE_OPTIONS = [
     click.option("--allocate/--no-allocate", default=None,
                  help="With --target-params: widths per group from measured sensitivity (OBS "
                       "error curves, calibrated or data-free) instead of uniform. Default: on "
-                      "for --target-params without --global-rank or --ratio-for."),
+                      "for --target-params without --global-rank, --ratio-for or "
+                      "--calib-text."),
     click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report)."),
     click.option("--threads", type=int, default=0, show_default=True,
                  help="ORT intra-op threads for --benchmark (0: onnxruntime default)."),
