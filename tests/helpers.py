@@ -6,6 +6,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphprune.runtime import session as ortb
+from graphprune.runtime.taps import TapRunner
 from graphprune.ops.registry import ROLE_IN
 from graphprune.ir import GraphView, quant
 from graphprune.transforms.untie import untie_shared_constants
@@ -135,3 +136,13 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
                 c.proto.attribute[0].t.CopyFrom(new)
     del m.graph.value_info[:]
     return m
+
+
+def image_calib(n: int = 8, seed: int = 0) -> dict:
+    """`n` random 3x32x32 images as the calibration feeds of the bundled tiny CNNs."""
+    return {"input": np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)}
+
+
+def run_taps(model, feeds, names, batch=1) -> list[dict]:
+    """The tapped values of every batch of `feeds`."""
+    return [outs for _, outs in TapRunner().taps(model, names, feeds, batch)]

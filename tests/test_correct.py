@@ -9,20 +9,13 @@ import pytest
 
 import graphprune
 from graphprune.runtime.segments import tap_model
-from graphprune.runtime.taps import TapRunner
 from graphprune.transforms.correct import MAX_SCALE
 from graphprune.transforms.rewrite import keep_positions
 
+from helpers import image_calib, run_taps
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models" / "onnx"
-
-
-def _calib(n=8, seed=0):
-    return {"input": np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)}
-
-
-def run_taps(model, feeds, names, batch=1):
-    return [outs for _, outs in TapRunner().taps(model, names, feeds, batch)]
 
 
 def _stats(model, names, feeds):
@@ -45,7 +38,7 @@ def test_correction_restores_channel_statistics(opts):
     original mean and standard deviation (where the scale was not clipped)."""
     path = MODELS / "mobilenetv2_tiny.legacy.onnx"
     m = onnx.load(str(path))
-    cal = _calib(8)
+    cal = image_calib(8)
     res = graphprune.prune(str(path), ratio=0.4, calib=cal, **opts)
     rep = res.report.get("correction") or res.report["compensation"]["correction"]
     assert rep["mode"] == "meanvar" and len(rep["layers"]) > 3
@@ -68,7 +61,7 @@ def test_correction_restores_channel_statistics(opts):
 def test_correction_lowers_the_output_error_of_uncompensated_pruning():
     path = MODELS / "resnet_tiny.legacy.onnx"
     m = onnx.load(str(path))
-    cal, test = _calib(16), _calib(8, seed=1)
+    cal, test = image_calib(16), image_calib(8, seed=1)
     out = m.graph.output[0].name
     ref = np.concatenate([b[out] for b in run_taps(tap_model(m, [out]), test, [out], 1)])
     errs = {}

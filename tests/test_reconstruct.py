@@ -17,18 +17,10 @@ from graphprune.runtime.taps import TapRunner
 from graphprune.transforms.masking import masked_overrides
 from graphprune.transforms.reconstruct import im2col
 from graphprune.transforms.rewrite import keep_positions
-from helpers import run
+from helpers import image_calib, run, run_taps
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models" / "onnx"
-
-
-def _calib(n=8, seed=0):
-    return {"input": np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)}
-
-
-def run_taps(model, feeds, names, batch=1):
-    return [outs for _, outs in TapRunner().taps(model, names, feeds, batch)]
 
 
 def _rel_err(a, b):
@@ -40,7 +32,7 @@ def test_segments_give_the_values_of_a_full_run():
     view, dg = analyze_model(m)
     xs = [c.x for c in find_consumers(dg)]
     assert len(xs) > 3
-    feeds = _calib(4)
+    feeds = image_calib(4)
     full = run_taps(tap_model(m, xs), feeds, xs, batch=16)
     seg = Segments(m, feeds)
     for x in xs:  # one tensor per stage, in graph order
@@ -58,7 +50,7 @@ def test_segments_apply_overrides_and_updates_to_later_nodes_only():
     view, dg = analyze_model(m)
     cons = find_consumers(dg)
     first, last = cons[0], cons[-1]
-    feeds = _calib(2)
+    feeds = image_calib(2)
     y0 = first.node.output[0]
     seg = TapRunner().segments(m, feeds, 16)
     full = run_taps(m, feeds, [first.x, last.x], batch=16)
@@ -82,7 +74,7 @@ def test_masked_model_computes_what_the_pruned_model_computes(name):
     res = graphprune.prune(m, ratio=0.4, criterion="magnitude")
     view, _ = analyze_model(m)
     out = m.graph.output[0].name
-    feeds = _calib(2)
+    feeds = image_calib(2)
     (masked,) = [v[out] for v in run_taps(
         tap_model(m, [out], masked_overrides(view, res.graph, res.plan)),
         {"input": feeds["input"][:1]}, [out])]
@@ -115,7 +107,7 @@ def test_reconstruction_beats_one_shot_compensation(name):
     at the output and at the last refitted layer, than compensating on the original's."""
     path = str(MODELS / f"{name}.onnx")
     m = onnx.load(path)
-    cal = _calib(8)
+    cal = image_calib(8)
     out = m.graph.output[0].name
     results = {k: graphprune.prune(path, ratio=0.4, criterion="obspa", calib=cal, **o)
                for k, o in {"none": {"compensate": False}, "oneshot": {"reconstruct": False},
