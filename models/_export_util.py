@@ -13,12 +13,13 @@ EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript",
 
 
 @contextlib.contextmanager
-def quiet_export() -> Iterator[None]:
-    """Silence exporter chatter (deprecations, progress prints, missing-torchvision warnings).
+def quiet_export(extra_loggers: tuple[str, ...] = ()) -> Iterator[None]:
+    """Silence exporter chatter (deprecations, progress prints, missing-torchvision warnings);
+    `extra_loggers`: other converters' loggers to quiet too.
 
     None of it is actionable here and it buries the summary table.
     """
-    loggers = [logging.getLogger(n) for n in EXPORTER_LOGGERS]
+    loggers = [logging.getLogger(n) for n in EXPORTER_LOGGERS + tuple(extra_loggers)]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

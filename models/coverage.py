@@ -63,14 +63,11 @@ Families (``--list`` prints every name):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import io
-import logging
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -78,7 +75,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models._export_util import strip_metadata
+from models._export_util import quiet_export, strip_metadata
 
 REGISTRY: dict[str, tuple[Callable, str, tuple[str, ...], str]] = {}
 
@@ -102,22 +99,9 @@ def _have(module: str) -> bool:
 
 
 # ============================================================================ common helpers
-@contextlib.contextmanager
 def _quiet():
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export",
-                                              "onnxscript", "transformers", "onnxruntime",
-                                              "tensorflow", "tf2onnx", "skl2onnx", "root")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+    """Exporter and converter chatter silenced (see `quiet_export`)."""
+    return quiet_export(("onnxruntime", "tensorflow", "tf2onnx", "skl2onnx", "root"))
 
 
 def _strip(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -91,18 +91,28 @@ def find_producers(view: GraphView) -> list[Producer]:
     return out
 
 
-def producer_stages(view: GraphView, prods: dict[str, Producer], zeroed: set[str]) -> set[str]:
-    """Tensors that differ in the masked model; sets each producer's stage."""
+def producer_stages(view: GraphView, prods: dict[str, Producer], zeroed: set[str],
+                    layers: dict | None = None) -> set[str]:
+    """Tensors whose value differs in the masked model (they read a zeroed or refitted weight,
+    or lie downstream of one); sets each producer's stage, and with `layers` (refitted
+    consumers by output, see `transforms.reconstruct`) each layer's stage too: how many
+    refitted or corrected layers lie upstream of its input."""
     dirty: set[str] = set()
     level: dict[str, int] = {}
+    layers = layers or {}
     for node in view.graph.node:
         ins = [i for i in node.input if i] + sorted(subgraph_outer_names(node))
         is_dirty = any(i in dirty or i in zeroed for i in ins)
         base = max((level.get(i, 0) for i in ins), default=0)
-        p = prods.get(node.output[0]) if node.output else None
+        out0 = node.output[0] if node.output else None
+        lay = layers.get(out0)
+        if lay is not None:
+            lay.stage = level.get(lay.c.x, 0)
+            base = lay.stage + 1
+        p = prods.get(out0)
         if p is not None:
-            p.stage = base
-            base += 1
+            p.stage = base - 1 if lay is not None else base
+            base = p.stage + 1
         for o in node.output:
             if o:
                 level[o] = base

@@ -37,7 +37,7 @@ import scipy.linalg
 
 from ..analysis.graph import DependencyGraph
 from ..calibration.stats import CalibContext, Consumer
-from ..ir import GraphView, attr, subgraph_outer_names
+from ..ir import GraphView, attr
 from . import correct as corr
 from .compensate import _add_to_bias, _insert_after
 from .masking import BATCH, find_bias, masked_overrides
@@ -151,34 +151,6 @@ def _unmatrix(layer: Layer, m: np.ndarray, shape) -> np.ndarray:
     return layer.c.unmatrix(m, shape)
 
 
-def _dirty_and_stages(view: GraphView, layers: dict[str, Layer], zeroed: set[str],
-                      prods: dict | None = None) -> set[str]:
-    """Tensors whose value differs in the masked model (read a zeroed or refitted weight, or
-    downstream of one); sets every layer's stage (how many refitted or corrected layers lie
-    upstream of its input)."""
-    dirty: set[str] = set()
-    level: dict[str, int] = {}
-    prods = prods or {}
-    for node in view.graph.node:
-        ins = [i for i in node.input if i] + sorted(subgraph_outer_names(node))
-        is_dirty = any(i in dirty or i in zeroed for i in ins)
-        base = max((level.get(i, 0) for i in ins), default=0)
-        out0 = node.output[0] if node.output else None
-        lay = layers.get(out0)
-        if lay is not None:
-            lay.stage = level.get(lay.c.x, 0)
-            base = lay.stage + 1
-        if out0 in prods:
-            prods[out0].stage = base - 1 if lay is not None else base
-            base = prods[out0].stage + 1
-        for o in node.output:
-            if o:
-                level[o] = base
-                if is_dirty:
-                    dirty.add(o)
-    return dirty
-
-
 def linear_layers(view: GraphView) -> list[Consumer]:
     """Every Conv (group 1), Gemm and MatMul with a constant floating-point weight, as
     consumers (whether or not a prunable group reaches their input)."""
@@ -251,10 +223,10 @@ def reconstruct(view: GraphView, dg: DependencyGraph, plan: Plan, ctx: CalibCont
     prods = {}
     if correct:
         prods = {p.y: p for p in corr.find_producers(view)}
-    dirty = _dirty_and_stages(view, layers, zeroed, prods)
+    dirty = corr.producer_stages(view, prods, zeroed, layers)
     todo = [l for l in layers.values() if l.c.x in dirty or len(l.kept) < l.n_in]
     zeroed |= {l.c.w for l in todo}
-    dirty = _dirty_and_stages(view, layers, zeroed, prods)
+    dirty = corr.producer_stages(view, prods, zeroed, layers)
     fixes = [p for p in prods.values() if p.y in dirty]
     adds: dict[str, np.ndarray] = {}
     stages = sorted({l.stage for l in todo} | {p.stage for p in fixes})
