@@ -143,6 +143,14 @@ def open_model(path: str | os.PathLike, lazy: bool = True) -> tuple[onnx.ModelPr
     return model, (WeightStore(folder, also) if kept else None), files
 
 
+def graph_of(model) -> onnx.ModelProto:
+    """A ModelProto as it is, or a model file's graph without reading any weight (its inputs,
+    nodes and shapes: what feeds and checks need)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return onnx.load(str(model), load_external_data=False)
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load and check a model file with all its weights in memory."""
     return open_model(path, lazy=False)[0]

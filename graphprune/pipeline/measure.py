@@ -12,7 +12,7 @@ from ..calibration.data import Calibration, load_calibration, npz_batches
 from ..ir import WEIGHTS
 from ..ir.input_sizes import plan_inputs
 from ..ir.inputs import parse_input_shapes
-from ..ir.load import open_model
+from ..ir.load import graph_of, open_model
 from ..runtime import bench
 from ..runtime.fidelity import fidelity
 from .options import check_gate_limits
@@ -39,10 +39,6 @@ def model_cost(model, input_shapes=None, inputs=None) -> dict:
 def cost_with(input_shapes):
     """`model_cost` with `input_shapes` (for the benchmarks' cost callback)."""
     return lambda model: model_cost(model, input_shapes)
-
-
-def _graph(m) -> onnx.ModelProto:
-    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m), load_external_data=False)
 
 
 def check_gates(report: dict, max_drop: float | None = None,
@@ -89,7 +85,7 @@ def evaluate_result(result, original, calib_path=None, benchmark: bool = False,
         bench.check_counts(threads=(threads, 0, bench.MAX_THREADS),
                            repeats=(repeats, 1, bench.MAX_RUNS),
                            warmup=(warmup, 0, bench.MAX_RUNS))
-    proto = _graph(original)
+    proto = graph_of(original)
     shapes = parse_input_shapes(input_shapes)
     if calib_path:
         calib, calib_name = npz_batches(calib_path, proto), Path(calib_path).name

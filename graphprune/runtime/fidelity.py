@@ -28,6 +28,7 @@ import onnx
 
 from ..ir.inputs import (feed_batches, input_specs, random_feeds, sample_inputs, static_batch,
                          with_shapes)
+from ..ir.load import graph_of
 from ..ir.storage import WeightStore
 from .session import DEFAULT_PROVIDER, run, session, trim_heap
 
@@ -160,7 +161,8 @@ def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_
     of the random samples; `inputs`: the prune's `InputPlan` (sizes and values random inputs
     take). `io` (a `graphprune.ir.cache.IoChanges`): how the pruned model's inputs and outputs
     differ (a KV cache's heads): both are compared on what the pruned model keeps."""
-    feeds = batches(_graph(original), calib, samples, seed, shapes, inputs)
+    graph = graph_of(original)
+    feeds = batches(graph, calib, samples, seed, shapes, inputs)
     ref = _outputs(original, feeds, None, provider)
     if io:
         out = _outputs(pruned, [io.apply(f) for f in feeds], store, provider)
@@ -168,7 +170,7 @@ def fidelity(original, pruned, calib: dict | None = None, samples: int = RANDOM_
     else:
         out = _outputs(pruned, feeds, store, provider)
     res = compare_outputs(ref, out, use_top1=calib is not None)
-    sampled = sample_inputs(input_specs(_graph(original)))
+    sampled = sample_inputs(input_specs(graph))
     n = sum(min((len(v) for k, v in f.items() if k in sampled), default=1) for f in feeds)
     res["inputs"] = f"calib:{calib_name}" if calib is not None else "random"
     res["samples"] = int(n)
@@ -183,8 +185,3 @@ def _outputs(model, feeds: list[dict], store: WeightStore | None,
         return run_all(session(src, store=store, provider=provider), feeds)
     finally:
         trim_heap()
-
-
-def _graph(m) -> onnx.ModelProto:
-    """The model's graph (for its inputs), without reading any weight."""
-    return m if isinstance(m, onnx.ModelProto) else onnx.load(str(m), load_external_data=False)

@@ -23,6 +23,7 @@ import onnx
 
 from ..ir.cache import cache_tensors
 from ..ir.inputs import cache_feeds, has_cache, input_specs, text_feeds
+from ..ir.load import graph_of
 from .session import run_options, session
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -33,8 +34,7 @@ class Decoder:
     Runtime, with or without a KV cache."""
 
     def __init__(self, model, threads: int = 0, output: str | None = None, store=None):
-        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(
-            str(model), load_external_data=False)
+        proto = graph_of(model)
         self.specs = input_specs(proto)  # read once: every call (each token) reuses them
         self.sess = session(model if isinstance(model, onnx.ModelProto) else str(model),
                             threads=threads, store=store)

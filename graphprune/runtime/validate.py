@@ -29,6 +29,7 @@ from ..ir.cache import IoChanges
 from ..ir.sanity import check_model_relative, first_line
 from ..ir.input_sizes import InputPlan, plan_inputs
 from ..ir.inputs import InputSpec, concrete_shapes, with_shapes
+from ..ir.load import graph_of
 from ..ir.shapes import inference_copy
 from ..ir.storage import WeightStore
 from .fidelity import cosine_fidelity
@@ -117,9 +118,7 @@ def _reference(original, seed: int, low_memory: bool, plan: InputPlan | None,
                         "pruned model is checked in onnxruntime, so graphprune prunes only "
                         "models it can run") from e
     if plan is None:
-        proto = original if isinstance(original, onnx.ModelProto) else onnx.load(
-            str(original), load_external_data=False)
-        plan = plan_inputs(proto, shapes=shapes)
+        plan = plan_inputs(graph_of(original), shapes=shapes)
     return _feeds_for(sess, seed, plan, shapes, specs)
 
 
