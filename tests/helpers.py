@@ -24,7 +24,9 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
     """The original model with every consumer weight slice that reads a removed unit set to 0.
 
     Removing a unit must be exactly the same as cutting its outgoing connections, so the pruned
-    model's outputs must equal this model's outputs.
+    model's outputs must equal this model's outputs. Units that no weight reads (the feature
+    positions of attention heads that queries and keys contract against each other) are cut at
+    their producers instead: the producers' slices of those units are set to 0.
     """
     m = onnx.ModelProto()
     m.CopyFrom(original)
@@ -35,11 +37,16 @@ def zero_consumers(original: onnx.ModelProto, result) -> onnx.ModelProto:
     parts: dict[str, quant.Parts] = {}
     for gid, kept in plan.keep.items():
         grp = dg.groups[gid]
+        read = set()  # the units some weight reads
         for mem in grp.members:
-            if mem.role != ROLE_IN:
-                continue
+            if mem.role == ROLE_IN:
+                read.update(np.unique(grp.unit_of[(mem.tensor, mem.axis)]).tolist())
+        for mem in grp.members:
             units = grp.unit_of[(mem.tensor, mem.axis)]
-            drop = np.flatnonzero(~np.isin(units, kept))
+            gone = ~np.isin(units, kept)
+            if mem.role != ROLE_IN:  # producers: only the units no weight reads
+                gone &= ~np.isin(units, sorted(read))
+            drop = np.flatnonzero(gone)
             if not len(drop):
                 continue
             c = view.consts.get(mem.tensor)

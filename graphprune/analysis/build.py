@@ -24,7 +24,10 @@ def _is_unknown_rank(view: GraphView, names) -> bool:
     return any(n and view.rank(n) is None for n in names)
 
 
-KINDS = ("channels", "heads", "mlp", "hidden")
+KINDS = ("channels", "heads", "mlp", "hidden")  # the default selection
+# every kind `dims` may name: head_dims (the same positions of every head's features) excludes
+# heads, since one split axis carries either whole heads or positions within each head
+ALL_KINDS = KINDS + ("head_dims",)
 
 
 ATTENTION_OPS = {"MultiHeadAttention", "Attention", "GroupQueryAttention", "PackedAttention"}
@@ -45,7 +48,8 @@ def policy_for(attention: bool, dims, requantize: bool = True) -> Policy:
     their contraction axis (re-quantized) unless `requantize` is False (whole blocks)."""
     if not attention:
         return Policy(requantize=requantize)
-    return Policy(split="major" if "heads" in dims else "block",
+    split = "major" if "heads" in dims else "minor" if "head_dims" in dims else "block"
+    return Policy(split=split,
                   approximate_norms="hidden" in dims, cache_heads="heads" in dims,
                   requantize=requantize)
 
@@ -116,13 +120,15 @@ def _assign_kinds(dg: DependencyGraph, dims) -> None:
     for grp in dg.groups:
         if any(dn in dg.head_axes for dn in grp.dims):
             grp.kind = "head"
+        elif any(dn in dg.head_dim_axes for dn in grp.dims):
+            grp.kind = "head_dim"
         elif any(dn in dg.hidden_axes for dn in grp.dims):
             grp.kind = "hidden"
         elif dg.has_attention and not any(m.tensor in conv_weights for m in grp.members):
             grp.kind = "mlp"
         else:
             grp.kind = "channel"
-        plural = {"head": "heads", "channel": "channels"}.get(grp.kind, grp.kind)
+        plural = {"head": "heads", "channel": "channels", "head_dim": "head_dims"}.get(grp.kind, grp.kind)
         if grp.frozen_reason is None and plural not in dims:
             grp.frozen_reason = f"{plural} not selected for pruning (dims)"
 

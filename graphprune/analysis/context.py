@@ -160,6 +160,8 @@ class AnalyzeContext:
         dims = [self.static_dim(y, j) for j in jj]
         c = np.arange(n)
         self.couple(x, i, y, jj[-1], (c, c % dims[-1]))
+        if self.dg.has_attention:  # [H·D] → [H, D]: position j of every head
+            self.dg.head_dim_axes.add((y, jj[-1]))
         for j in jj[:-1]:
             self.block(y, j, f"{what} splits an axis; only one of its parts is pruned")
 

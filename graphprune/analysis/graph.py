@@ -106,6 +106,7 @@ class DependencyGraph:
         self.policy = Policy()
         self.head_axes: set[DimNode] = set()  # axes that enumerate attention heads
         self.has_attention = False
+        self.head_dim_axes: set[DimNode] = set()  # feature axes of heads split off [H·D]
         self.hidden_axes: set[DimNode] = set()  # axes normalized over by LayerNorm/RMSNorm
         self.unsupported_ops: dict[str, int] = {}
         self.cache_io: dict[str, int] = {}  # KV-cache graph inputs/outputs -> their head axis

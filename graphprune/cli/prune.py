@@ -30,7 +30,9 @@ PRUNE_OPTIONS = [
     click.option("--dims", default="channels,heads,mlp,hidden", show_default=True,
                  help="Kinds of groups to prune: channels (convolutions), heads (attention "
                       "heads; a GQA kv head goes with its query heads), mlp (transformer "
-                      "intermediate width), hidden (the residual stream)."),
+                      "intermediate width), hidden (the residual stream); head_dims instead "
+                      "of heads: the same feature positions of every head (queries and keys "
+                      "together, rotary pairs together; values and outputs on their own)."),
     click.option("--drop-blocks", type=int, default=0, show_default=True,
                  help="Remove the N residual sub-blocks (attention/MLP, identity-shortcut "
                       "blocks) that change the stream least (1 - cosine on random inputs)."),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis.build import KINDS
+from ..analysis.build import ALL_KINDS, KINDS
 from ..calibration.checks import MAX_RANDOM_SAMPLES
 from ..calibration.text import MAX_CALIB_TOKENS
 from ..criteria import CRITERIA
@@ -82,9 +82,14 @@ class PruneOptions:
     def check(self) -> None:
         if isinstance(self.dims, str):
             self.dims = tuple(d.strip() for d in self.dims.split(",") if d.strip())
-        bad = [d for d in self.dims if d not in KINDS]
+        bad = [d for d in self.dims if d not in ALL_KINDS]
         if bad or not self.dims:
-            raise UserError(f"--dims takes a comma list of {','.join(KINDS)}; got {bad or 'nothing'}")
+            raise UserError(f"--dims takes a comma list of {','.join(ALL_KINDS)}; got "
+                            f"{bad or 'nothing'}")
+        if "heads" in self.dims and "head_dims" in self.dims:
+            raise UserError("--dims: heads and head_dims exclude each other (a head's features "
+                            "either go as a whole head or position by position); prune one, "
+                            "then the other in a second run")
         if self.drop_blocks < 0:
             raise UserError(f"--drop-blocks must be >= 0, got {self.drop_blocks}")
         if not _finite_in(self.ratio, 0.0, 1.0):

@@ -132,13 +132,14 @@ def _add_to_bias(view: GraphView, rw: Rewriter, c: Consumer, d_out: np.ndarray, 
 
 
 def _insert_after(view: GraphView, pairs) -> None:
+    """Insert each new node right after its node, in place: the nodes already there stay the
+    same messages, so what the view holds of them (a Constant node that is a weight, the
+    consumers of a tensor) still edits the model. Rebuilding the list would copy every node
+    and leave those references on detached copies."""
     if not pairs:
         return
     after = {id(n): a for n, a in pairs}
-    nodes = []
-    for n in view.model.graph.node:
-        nodes.append(n)
-        if id(n) in after:
-            nodes.append(after[id(n)])
-    del view.model.graph.node[:]
-    view.model.graph.node.extend(nodes)
+    nodes = view.model.graph.node
+    at = [(i + 1, after[id(n)]) for i, n in enumerate(nodes) if id(n) in after]
+    for i, new in reversed(at):
+        nodes.insert(i, new)
