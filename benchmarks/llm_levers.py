@@ -9,8 +9,8 @@ Usage::
         [--calib-tokens 8192] [--eval-tokens 4096] [--out benchmarks/results/llm_levers.json]
 
 Each setting is ``criterion:fraction[:lever...]`` with levers ``reconstruct``, ``allocate``,
-``cap=R`` (``--max-ratio R``) and ``dims=A+B`` (``--dims A,B``; default ``heads+mlp``); a
-lever not named is off, so no default leaks into a row.
+``cap=R`` (``--max-ratio R``), ``dims=A+B`` (``--dims A,B``; default ``heads+mlp``) and
+``protect=PATTERN`` (``--protect``); a lever not named is off, so no default leaks into a row.
 Calibration: ``--calib-text`` on the standard-library docstrings of
 ``benchmarks/llm_perplexity.py`` (128-token windows); evaluation: 256-token windows of the
 package descriptions there (a different kind of text), each from an empty past. Every setting
@@ -59,7 +59,8 @@ def one(model: Path, setting: str, calib_tokens: int, eval_tokens: int, work: Pa
         cap = next((float(v.split("=")[1]) for v in levers if v.startswith("cap=")), None)
         dims = next((v.split("=")[1].replace("+", ",") for v in levers
                      if v.startswith("dims=")), "heads,mlp")
-        res = graphprune.prune(str(src), criterion=crit, dims=dims,
+        protect = [v.split("=", 1)[1] for v in levers if v.startswith("protect=")]
+        res = graphprune.prune(str(src), criterion=crit, dims=dims, protect=protect,
                                target_params=float(frac), calib_text=str(calib),
                                tokenizer=str(tok), seq_len=SEQ_CALIB,
                                reconstruct="reconstruct" in levers,

