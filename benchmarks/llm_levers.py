@@ -8,7 +8,8 @@ Usage::
         [--settings amp:0.2,amp:0.2:reconstruct,amp:0.2:allocate,flap:0.3:reconstruct,...]
         [--calib-tokens 8192] [--eval-tokens 4096] [--out benchmarks/results/llm_levers.json]
 
-Each setting is ``criterion:fraction[:lever...]`` with levers ``reconstruct``, ``allocate``,
+Each setting is ``criterion:fraction[:lever...]`` with levers ``reconstruct``, ``allocate``
+(measured curves with text calibration; ``allocate=obs``: the layer-wise ones),
 ``cap=R`` (``--max-ratio R``), ``dims=A+B`` (``--dims A,B``; default ``heads+mlp``) and
 ``protect=PATTERN`` (``--protect``); a lever not named is off, so no default leaks into a row.
 Calibration: ``--calib-text`` on the standard-library docstrings of
@@ -33,6 +34,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_SETTINGS = ("none:0,amp:0.2,amp:0.2:reconstruct,amp:0.2:allocate,amp:0.2:allocate:cap=0.4,"
                     "amp:0.2:allocate:reconstruct,flap:0.2,flap:0.2:reconstruct,flap:0.3,"
                     "flap:0.3:reconstruct")
+
+
+def allocation(levers: list[str]):
+    """``allocate`` → the default curves (measured with text), ``allocate=obs`` → the
+    layer-wise ones; no allocation lever → uniform widths."""
+    for v in levers:
+        if v == "allocate":
+            return True
+        if v.startswith("allocate="):
+            return v.split("=", 1)[1]
+    return False
 
 
 def one(model: Path, setting: str, calib_tokens: int, eval_tokens: int, work: Path) -> dict:
@@ -64,7 +76,7 @@ def one(model: Path, setting: str, calib_tokens: int, eval_tokens: int, work: Pa
                                target_params=float(frac), calib_text=str(calib),
                                tokenizer=str(tok), seq_len=SEQ_CALIB,
                                reconstruct="reconstruct" in levers,
-                               allocate="allocate" in levers, max_ratio=cap)
+                               allocate=allocation(levers), max_ratio=cap)
         p = res.report["params"]
         row["removed"] = 1 - p["after"] / p["before"]
         row["timings_s"] = res.report["timings_s"]

@@ -53,6 +53,19 @@ class Runner(Protocol):
     def segments(self, model: onnx.ModelProto, feeds: dict, batch: int) -> "Segments":
         """A stage-by-stage walk of `model` over the samples in `feeds` (see `Segments`)."""
 
+    def probe(self, model: onnx.ModelProto, weights: dict, feeds: dict) -> "Probe":
+        """Repeated runs of `model` on `feeds` with some of `weights` (name -> original
+        value) swapped (see `Probe`)."""
+
+
+class Probe(Protocol):
+    """One model run many times on fixed inputs with some weights swapped (allocation from
+    measured sensitivity)."""
+
+    def run(self, swaps: dict | None = None) -> list[dict]:
+        """{output name: value} per batch, with the weights in `swaps` replaced, the rest
+        original."""
+
 
 class Segments(Protocol):
     """A model run piece by piece over fixed calibration batches (sequential reconstruction

@@ -123,10 +123,18 @@ PRUNE_OPTIONS = [
                       "the original's on the calibration data, folded into its weights and "
                       "bias; interleaved with the reconstruction when both run (auto: none)."),
     click.option("--allocate/--no-allocate", default=None,
-                 help="With --target-params: widths per group from measured sensitivity (OBS "
-                      "error curves, calibrated or data-free) instead of uniform. Default: on "
-                      "for --target-params without --global-rank, --ratio-for or "
-                      "--calib-text."),
+                 help="With --target-params: widths per group from measured sensitivity "
+                      "instead of uniform. Default: on for --target-params without "
+                      "--global-rank or --ratio-for."),
+    click.option("--allocate-by", "allocate_by",
+                 type=click.Choice(["auto", "measured", "obs"]), default="auto",
+                 show_default=True,
+                 help="How allocation measures a group's sensitivity: measured (the model's "
+                      "outputs on 8 calibration samples with the group cut at 3 widths: KL "
+                      "of the next-token distribution for --calib-text, relative error "
+                      "otherwise; needs calibration data), obs (each consumer's error after "
+                      "its least-squares refit; calibrated or data-free). auto: measured "
+                      "with --calib-text, else obs."),
     click.option("--benchmark", is_flag=True, help="Measure ORT latency before/after (report)."),
     click.option("--threads", type=int, default=0, show_default=True,
                  help="ORT intra-op threads for --benchmark (0: onnxruntime default)."),
@@ -225,7 +233,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
               calib_random, calib_text, tokenizer, seq_len, preprocess, labels, compensate,
               benchmark, threads, repeats, max_drop, min_speedup,
               whole_blocks=False, reconstruct=None, correct="auto",
-              allocate=None) -> tuple[dict, list]:
+              allocate=None, allocate_by="auto") -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
     check the calibration data, prune, measure, then write the model, its data file, the
     configuration and tokenizer files beside it (a model folder with `out_dir`) and the
@@ -257,7 +265,8 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, defer_validation=not measure,
                 requantize=not whole_blocks,
-                reconstruct=reconstruct, allocate=allocate,
+                reconstruct=reconstruct,
+                allocate=allocate if allocate is False or allocate_by == "auto" else allocate_by,
                 correct=None if correct == "auto" else correct,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,

@@ -8,8 +8,10 @@ import onnx
 from ..transforms.allocate import MAX_REMOVE, allocate, planned_biases
 from ..transforms.correct import correct as correct_plan
 from ..transforms.reconstruct import reconstruct as reconstruct_plan
+from ..transforms.sensitivity import measured_curves, probe_runs
 from . import stages as s
-from .options import allocating, compensation_mode, correction_mode, reconstructing
+from .options import (allocating, allocation_method, compensation_mode, correction_mode,
+                      reconstructing)
 from .state import PruneState
 
 
@@ -26,8 +28,17 @@ def select(state: PruneState) -> None:
                            bool(correction_mode(opts)) and with_data)
     target = s.budget(state, "params", opts.target_params, s.model_params(state))
     cap = MAX_REMOVE if opts.max_ratio is None else min(MAX_REMOVE, opts.max_ratio)
-    state.plan = allocate(dg, state.scores, ctx, target, round_to=opts.round_to,
-                          min_keep=opts.min_keep, added=added, max_remove=cap)
+    measure = None
+    if allocation_method(opts) == "measured" and with_data:
+        def measure(groups, orders, cands):
+            if state.progress:
+                state.progress(f"select: {probe_runs(groups)} runs of the model measure the "
+                               f"widths of {len(groups)} groups")
+            return measured_curves(dg, groups, orders, cands, state.runner,
+                                   ctx.calibration.feeds, opts.calib_text is not None)
+    state.plan, state.allocation = allocate(dg, state.scores, ctx, target,
+                                            round_to=opts.round_to, min_keep=opts.min_keep,
+                                            added=added, max_remove=cap, measure=measure)
 
 
 def reconstruct(state: PruneState) -> None:

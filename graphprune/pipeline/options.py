@@ -19,6 +19,7 @@ STATS_CRITERIA = ("wanda", "flap", "obspa", "amp")  # read consumer statistics
 GRAM_CRITERIA = ("obspa", "amp")  # read the channel Gram matrices (E[x xᵀ]), not only diagonals
 COMPENSATIONS = ("flap", "obspa")
 CORRECTIONS = ("meanvar", "mean")
+ALLOCATIONS = ("measured", "obs")  # how allocation's error curves are made
 
 
 @dataclass
@@ -77,7 +78,7 @@ class PruneOptions:
     # the default (`reconstructing`, `correction_mode`, `allocating` below say what it is)
     reconstruct: object = None  # refit consumers in graph order on the partly pruned model
     correct: object = None  # "meanvar" | "mean" | "none": per-channel statistics correction
-    allocate: object = None  # widths from OBS error curves for target_params
+    allocate: object = None  # widths from error curves for target_params: measured | obs
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -223,8 +224,8 @@ def check_levers(opts: PruneOptions) -> None:
         raise UserError(f"reconstruct takes True or False, got {opts.reconstruct!r}")
     if opts.correct not in (None, True, False, "none", *CORRECTIONS):
         raise UserError(f"correct takes meanvar, mean or none, got {opts.correct!r}")
-    if opts.allocate not in (None, True, False, "obs", "none"):
-        raise UserError(f"allocate takes obs or none, got {opts.allocate!r}")
+    if opts.allocate not in (None, True, False, *ALLOCATIONS, "none"):
+        raise UserError(f"allocate takes measured, obs or none, got {opts.allocate!r}")
     explicit = [f for f, v in (("--reconstruct", opts.reconstruct is True),
                                ("--correct", opts.correct not in (None, False, "none")))
                 if v]
@@ -232,7 +233,10 @@ def check_levers(opts: PruneOptions) -> None:
         verb = "need" if len(explicit) > 1 else "needs"
         raise UserError(f"{' and '.join(explicit)} {verb} calibration data (--calib, "
                         "--calib-random or --calib-text)")
-    if opts.allocate in (True, "obs"):
+    if opts.allocate == "measured" and not opts.has_calibration:
+        raise UserError("--allocate-by measured needs calibration data (--calib, --calib-random "
+                        "or --calib-text)")
+    if opts.allocate in (True, *ALLOCATIONS):
         if opts.target_params is None:
             raise UserError("--allocate needs a parameter target (--target-params)")
         given = [f for f, v in (("--global-rank", opts.global_rank),
@@ -271,15 +275,29 @@ def correction_mode(opts: PruneOptions) -> str | None:
 
 def allocating(opts: PruneOptions) -> bool:
     """Widths from measured sensitivity: by default for --target-params (uniform selection
-    otherwise), unless widths are ranked globally, fixed per pattern or by a plan, or the
-    statistics come from `--calib-text` (on SmolLM2 the error curves of a text-calibrated
-    decoder chose widths far worse than uniform ones: amp perplexity 32.2 uniform, 63.3
-    allocated, at -20 % of the parameters); `--allocate` asks for it."""
+    otherwise), unless widths are ranked globally, fixed per pattern or by a plan;
+    `--allocate` asks for it, `--no-allocate` keeps uniform widths."""
     a = opts.allocate
     if a is not None:
-        return a in (True, "obs")
+        return a in (True, *ALLOCATIONS)
     return (opts.target_params is not None and not opts.global_rank and not opts.ratio_for
-            and opts.plan is None and opts.calib_text is None)
+            and opts.plan is None)
+
+
+def allocation_method(opts: PruneOptions) -> str | None:
+    """How allocation's error curves are made (None: no allocation).
+
+    "measured" (`transforms.sensitivity`: the model's outputs with each group cut at a few
+    widths) by default with `--calib-text`: on SmolLM2-135M the layer-wise curves chose widths
+    far worse than uniform ones (flap perplexity at -20 % of the parameters: uniform 30.6,
+    layer-wise 63.3 with amp), measured ones better (24.1). "obs" (`transforms.allocate`:
+    the layer-wise error after the least-squares refit) otherwise: it needs no extra runs of
+    the model, works data-free, and is what the CNN and encoder numbers in README used."""
+    if not allocating(opts):
+        return None
+    if opts.allocate in ALLOCATIONS:
+        return opts.allocate
+    return "measured" if opts.calib_text is not None else "obs"
 
 
 def check_gate_limits(max_drop=None, min_speedup=None) -> None:

@@ -61,7 +61,7 @@ def build_report(state: PruneState) -> dict:
                    "max_ratio": opts.max_ratio, "ratio_for": dict(opts.ratio_for),
                    "protect": list(opts.protect), "protect_op": list(opts.protect_op),
                    "steps": opts.steps, "seed": opts.seed,
-                   "allocate": allocating(opts)},
+                   "allocate": allocating(opts), "allocation": state.allocation},
         "model": model_info(src.work),
         "ops": {"before": state.before.get("ops", {}), "after": state.after.get("ops", {})},
         "params": {"before": state.before["params"], "after": state.after["params"]},

@@ -66,6 +66,7 @@ class PruneState:
     calib_ctx: CalibContext | None = None
     scores: dict | None = None
     plan: Plan | None = None
+    allocation: str | None = None  # the error curves allocation used: "measured" | "obs"
     compensation: dict | None = None
     correction: dict | None = None  # the statistics correction's summary (a pass of its own)
     original_model: onnx.ModelProto | None = None  # before compensation, for the correction

@@ -120,3 +120,10 @@ class TapRunner:
         from .segments import Segments
 
         return Segments(model, feeds, batch, threads=self.threads, provider=self.provider)
+
+    def probe(self, model: onnx.ModelProto, weights: dict, feeds: dict):
+        """Runs of `model` on `feeds` with some `weights` swapped, one session for all
+        (`graphprune.runtime.weight_probe.WeightProbe`)."""
+        from .weight_probe import WeightProbe
+
+        return WeightProbe(model, weights, feeds, threads=self.threads, provider=self.provider)

@@ -200,15 +200,19 @@ def _cholesky(a: np.ndarray) -> np.ndarray:
 
 def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibContext | None,
              budget: float, round_to: int = 1, min_keep: int = 1, norm: str = "energy",
-             added: list[tuple[str, int]] = (), max_remove: float = MAX_REMOVE) -> Plan:
+             added: list[tuple[str, int]] = (), max_remove: float = MAX_REMOVE,
+             measure=None) -> tuple[Plan, str]:
     """Keep-sets removing at least `budget` parameters with the least total error. `added`:
     (weight, output axis) of the layers later passes will give a bias (see
     `planned_biases`); their parameters count against the budget. No group loses more than
-    `max_remove` of its units."""
+    `max_remove` of its units. `measure(groups, orders, cands)`: error curves measured some
+    other way (`transforms.sensitivity`), or None where they cannot be; the layer-wise
+    curves of `error_curves` otherwise. Returns the plan and the curves used ("measured" or
+    "obs")."""
     plan = Plan()
     groups = [g for g in dg.prunable_groups() if g.id in scores]
     if budget <= 0 or not groups:
-        return plan
+        return plan, "obs"
     if ctx is None or not ctx.stats:
         ctx = build_context(dg, None, data_free=True)
     orders, cands, steps = {}, {}, {}
@@ -223,7 +227,10 @@ def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibConte
                        if f <= max_remove})
         cands[g.id] = np.array(grid)
         steps[g.id] = np.array(ok)
-    curves = error_curves(dg, groups, orders, cands, ctx, scores, norm)
+    curves = measure(groups, orders, cands) if measure is not None else None
+    method = "obs" if curves is None else "measured"
+    if curves is None:
+        curves = error_curves(dg, groups, orders, cands, ctx, scores, norm)
     counter = ParamCount(dg, groups, orders, added)
 
     def err(gid: int, m: int) -> float:
@@ -278,4 +285,4 @@ def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibConte
         keep = _ensure_every_axis_keeps_one(g, _top(scores[g.id], k), scores[g.id])
         if len(keep) < g.n_units:
             plan.keep[g.id] = keep
-    return plan
+    return plan, method
