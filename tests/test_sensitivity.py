@@ -14,7 +14,7 @@ import graphprune
 from graphprune.analysis.cost import unit_param_costs
 from graphprune.runtime.taps import TapRunner
 from graphprune.transforms.sensitivity import kl_error, relative_error
-from test_llm import LLAMA, text_file, tokenizer_file  # noqa: F401 (fixtures)
+from test_llm import LLAMA, text_file, tokenizer_file  # noqa: F401,F811 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 TX = ROOT / "models" / "onnx" / "tx"

@@ -28,17 +28,27 @@ def select(state: PruneState) -> None:
                            bool(correction_mode(opts)) and with_data)
     target = s.budget(state, "params", opts.target_params, s.model_params(state))
     cap = MAX_REMOVE if opts.max_ratio is None else min(MAX_REMOVE, opts.max_ratio)
-    measure = None
-    if allocation_method(opts) == "measured" and with_data:
-        def measure(groups, orders, cands):
-            if state.progress:
-                state.progress(f"select: {probe_runs(groups)} runs of the model measure the "
-                               f"widths of {len(groups)} groups")
-            return measured_curves(dg, groups, orders, cands, state.runner,
-                                   ctx.calibration.feeds, opts.calib_text is not None)
+    measure = _measurement(state) if allocation_method(opts) == "measured" and with_data \
+        else None
     state.plan, state.allocation = allocate(dg, state.scores, ctx, target,
                                             round_to=opts.round_to, min_keep=opts.min_keep,
                                             added=added, max_remove=cap, measure=measure)
+    if measure is not None and state.allocation == "obs" and ctx is not None:
+        ctx.notes.append("allocation: some group is read by a weight a run cannot swap (a "
+                         "quantized or Constant-node weight); widths from layer-wise error "
+                         "curves (obs) instead of measured ones")
+
+
+def _measurement(state: PruneState):
+    """Allocation's error curves measured at the model's outputs (`transforms.sensitivity`)."""
+    def measure(groups, orders, cands):
+        if state.progress:
+            state.progress(f"select: {probe_runs(groups)} runs of the model measure the "
+                           f"widths of {len(groups)} groups")
+        return measured_curves(state.graph, groups, orders, cands, state.runner,
+                               state.calib_ctx.calibration.feeds,
+                               state.options.calib_text is not None)
+    return measure
 
 
 def reconstruct(state: PruneState) -> None:

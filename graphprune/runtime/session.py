@@ -147,17 +147,24 @@ def external_source(model: onnx.ModelProto, store: WeightStore | None,
         opts.add_session_config_entry(EXTERNAL_FOLDER, store.folder)
     if not held:
         return model.SerializeToString(), held
-    graph = onnx.ModelProto()  # the graph without the held tensors: no weight is copied
+    return initializers_as_inputs(model, set(held)).SerializeToString(), held
+
+
+def initializers_as_inputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """`model` with the initializers `names` turned into graph inputs that every run feeds;
+    the held tensors are not copied (the other initializers are, as they are: a tensor kept
+    on disk stays a reference to its file)."""
+    graph = onnx.ModelProto()
     copy_fields(graph, model, skip="graph")
     copy_fields(graph.graph, model.graph, skip="initializer")
     listed = {i.name for i in graph.graph.input}
     for t in model.graph.initializer:
-        if t.name not in held:
+        if t.name not in names:
             graph.graph.initializer.add().CopyFrom(t)
         elif t.name not in listed:
             graph.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type,
                                                                    list(t.dims)))
-    return graph.SerializeToString(), held
+    return graph
 
 
 class HeldSession:

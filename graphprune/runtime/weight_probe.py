@@ -11,27 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..ir.inputs import feed_batches, input_specs
-from ..ir.storage import copy_fields
-from .session import run_options, session
-
-
-def _with_inputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
-    """`model` with the initializers `names` turned into graph inputs (no weight copied
-    but the ones kept as initializers, which the variant shares by value)."""
-    out = onnx.ModelProto()
-    copy_fields(out, model, skip="graph")
-    copy_fields(out.graph, model.graph, skip="initializer")
-    listed = {i.name for i in out.graph.input}
-    for t in model.graph.initializer:
-        if t.name not in names:
-            out.graph.initializer.add().CopyFrom(t)
-        elif t.name not in listed:
-            out.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type,
-                                                                 list(t.dims)))
-    return out
+from .session import initializers_as_inputs, run_options, session
 
 
 class WeightProbe:
@@ -50,7 +32,7 @@ class WeightProbe:
         kw = {"threads": threads}
         if provider:
             kw["provider"] = provider
-        self._sess = session(_with_inputs(model, set(weights)), **kw)
+        self._sess = session(initializers_as_inputs(model, set(weights)), **kw)
         self._weights = {k: np.ascontiguousarray(v) for k, v in weights.items()}
         own = {i.name for i in model.graph.input} - inits
         self._batches = feed_batches([s for s in input_specs(model) if s.name in own],
