@@ -280,8 +280,8 @@ TP_NAMES = {"tp-magnitude": "Torch-Pruning 1.6 GroupMagnitude (p=2)",
 
 
 #: the levers of the pipeline a setting switches on (see --settings)
-LEVERS = ("reconstruct", "correct", "allocate")
-NEEDS_DATA = ("reconstruct", "correct")
+LEVERS = ("reconstruct", "correct", "allocate", "measured")  # measured: allocate by outputs
+NEEDS_DATA = ("reconstruct", "correct", "measured")
 
 
 def parse_settings(text: str) -> list[tuple[str, ...]]:
@@ -306,7 +306,7 @@ def lever_options(levers: tuple[str, ...]) -> dict:
     reconstruction, correction and allocation on by themselves)."""
     return {"reconstruct": "reconstruct" in levers,
             "correct": "meanvar" if "correct" in levers else "none",
-            "allocate": "allocate" in levers}
+            "allocate": "measured" if "measured" in levers else "allocate" in levers}
 
 
 def setting_name(levers: tuple[str, ...]) -> str:
@@ -334,7 +334,7 @@ def gp_variants(global_rank: bool, only: list[str] | None = None,
     for levers in settings:
         for name, c, cal, glob in base:
             if (not cal and any(x in NEEDS_DATA for x in levers)) or \
-                    (glob and "allocate" in levers):
+                    (glob and ("allocate" in levers or "measured" in levers)):
                 continue
             out.append((name + setting_name(levers), c, cal, glob, levers))
     return out
@@ -381,7 +381,7 @@ def run_case(case: Case, cols: list[tuple[str, float]], args) -> dict:
         kind, v = col
         if kind == "params":
             return {"target_params": v * base / total}
-        if "allocate" not in levers:
+        if "allocate" not in levers and "measured" not in levers:
             return {"ratio": v}
         if v not in matched:  # the parameter count of the uniform plan at this ratio
             res = graphprune.prune(case.onnx, ratio=v, criterion="magnitude", validate=False,
@@ -643,7 +643,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--settings", default="oneshot",
                     help="pipeline settings, comma list of 'oneshot' (the criterion's own one-shot "
                          "compensation, every lever off) or levers joined by '+': reconstruct, "
-                         "correct, allocate (e.g. oneshot,reconstruct,allocate+reconstruct+"
+                         "correct, allocate, measured (allocation by the model's outputs; e.g. "
+                         "oneshot,reconstruct,allocate+reconstruct+"
                          "correct); settings that need data skip the data-free rows")
     ap.add_argument("--calib-n", type=int, default=256, help="CNN calibration images")
     ap.add_argument("--test-n", type=int, default=2000, help="CNN test images")

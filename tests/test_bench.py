@@ -38,13 +38,18 @@ def demo(tmp_path):
     return p
 
 
-def check_result(r: dict):
+def check_result(r: dict, fresh_process: bool = True):
+    """`fresh_process` False: measured in this long-running process, whose heap may already
+    hold the memory a tiny model needs (its peak can then equal the baseline)."""
     lat = r["latency_ms"]
     assert 0 < lat["min"] <= lat["median"] <= lat["p90"]
     assert lat["mean"] > 0
     assert r["batch"] == 1
     assert r["throughput_per_s"] == pytest.approx(1e3 / lat["median"])
-    assert r["peak_rss_bytes"] > r["baseline_rss_bytes"] > 0
+    if fresh_process:
+        assert r["peak_rss_bytes"] > r["baseline_rss_bytes"] > 0
+    else:
+        assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 0
     assert r["file_bytes"] > 0 and r["params"] > 0 and r["macs"] > 0
 
 
@@ -58,7 +63,7 @@ def test_benchmark_one_model():
 
 def test_benchmark_in_process_and_from_proto(pruned):
     r = bench.benchmark(pruned, isolate=False, **FAST)
-    check_result(r)
+    check_result(r, fresh_process=False)
     assert r["model"] is None
     assert r["file_bytes"] == len(pruned.SerializeToString())
 
