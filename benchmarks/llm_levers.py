@@ -11,7 +11,9 @@ Usage::
 Each setting is ``criterion:fraction[:lever...]`` with levers ``reconstruct``, ``allocate``
 (measured curves with text calibration; ``allocate=obs``: the layer-wise ones),
 ``cap=R`` (``--max-ratio R``), ``dims=A+B`` (``--dims A,B``; default ``heads+mlp``) and
-``protect=PATTERN`` (``--protect``); a lever not named is off, so no default leaks into a row.
+``protect=PATTERN`` (``--protect``) and ``samples=N`` (calibration windows the measured
+allocation compares outputs on; default 8); a lever not named is off, so no default leaks
+into a row.
 Calibration: ``--calib-text`` on the standard-library docstrings of
 ``benchmarks/llm_perplexity.py`` (128-token windows); evaluation: 256-token windows of the
 package descriptions there (a different kind of text), each from an empty past. Every setting
@@ -56,6 +58,10 @@ def one(model: Path, setting: str, calib_tokens: int, eval_tokens: int, work: Pa
     from tokenizers import Tokenizer
 
     crit, frac, *levers = setting.split(":")
+    for v in levers:  # samples the measured allocation compares outputs on
+        if v.startswith("samples="):
+            from graphprune.transforms import sensitivity
+            sensitivity.MAX_SAMPLES = int(v.split("=", 1)[1])
     tok = model / "tokenizer.json"
     encode, decode = load_tokenizer(tok), Tokenizer.from_file(str(tok)).decode
     calib = work / f"calib_{calib_tokens}.txt"
