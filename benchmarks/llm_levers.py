@@ -34,8 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_SETTINGS = ("none:0,amp:0.2,amp:0.2:reconstruct,amp:0.2:allocate,amp:0.2:allocate:cap=0.4,"
-                    "amp:0.2:allocate:reconstruct,flap:0.2,flap:0.2:reconstruct,flap:0.3,"
-                    "flap:0.3:reconstruct")
+                    "amp:0.2:allocate:reconstruct,amp:0.2:allocate=obs,flap:0.2,"
+                    "flap:0.2:reconstruct,flap:0.2:allocate,flap:0.2:allocate:reconstruct,"
+                    "flap:0.3,flap:0.3:reconstruct,flap:0.3:allocate,"
+                    "flap:0.3:allocate:reconstruct")
 
 
 def allocation(levers: list[str]):
