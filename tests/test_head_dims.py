@@ -136,3 +136,21 @@ def test_constant_node_weights_sliced_after_a_bias_is_added(reconstruct):
     assert shapes["w1"] == (4, 4)
     x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
     assert run(res.model, {"x": x})["y"].shape == (5, 3)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name[:-5] for p in FILES])
+def test_masked_model_computes_what_the_head_dim_pruned_model_computes(path):
+    """The masked model that reconstruction, correction and the measured allocation run (full
+    widths, removed slices zeroed) cuts query/key positions at their producers, so it computes
+    what the pruned model computes."""
+    from graphprune.pipeline.pipeline import analyze_model
+    from graphprune.runtime.segments import tap_model
+    from graphprune.transforms.masking import masked_overrides
+
+    model = onnx.load(str(path))
+    res = graphprune.prune(model, ratio=0.5, dims="head_dims")
+    view, _ = analyze_model(model, dims="head_dims")
+    out = model.graph.output[0].name
+    f = feeds(model, 2, 7)
+    masked = run(tap_model(model, [out], masked_overrides(view, res.graph, res.plan)), f)[out]
+    np.testing.assert_allclose(run(res.model, f)[out], masked, rtol=1e-4, atol=1e-4)

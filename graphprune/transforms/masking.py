@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..analysis.graph import DependencyGraph
+from ..analysis.graph import DependencyGraph, Group
 from ..calibration.stats import Consumer
 from ..ir import GraphView, attr
 from ..ops.registry import ROLE_IN
@@ -48,18 +48,31 @@ def find_bias(view: GraphView, c: Consumer, n_out: int) -> tuple[str, str, tuple
     return "new", "", ()
 
 
+def cuts(grp: Group, kept: np.ndarray):
+    """(member, positions) of every constant slice that removing all of `grp`'s units but
+    `kept` cuts: the slices of weights that read a removed unit, and for removed units no
+    weight reads (the feature positions of attention heads, which queries and keys contract
+    against each other) the slices of every other constant of the group, their producers."""
+    read = [np.unique(grp.unit_of[(m.tensor, m.axis)]) for m in grp.members
+            if m.role == ROLE_IN]
+    read = np.concatenate(read) if read else np.zeros(0, dtype=np.int64)
+    for mem in grp.members:
+        units = grp.unit_of[(mem.tensor, mem.axis)]
+        gone = ~np.isin(units, kept)
+        if mem.role != ROLE_IN:
+            gone &= ~np.isin(units, read)
+        drop = np.flatnonzero(gone)
+        if len(drop):
+            yield mem, drop
+
+
 def masked_overrides(view: GraphView, dg: DependencyGraph, plan: Plan) -> dict[str, np.ndarray]:
-    """Every weight with an input (contraction) axis in a pruned group, with the slices that
-    read removed units set to zero: the masked model computes what the pruned model does."""
+    """Every constant with a slice `cuts` names, with those slices set to zero: the masked
+    model computes what the pruned model does."""
     edits: dict[str, np.ndarray] = {}
     for gid, kept in plan.keep.items():
-        grp = dg.groups[gid]
-        for mem in grp.members:
-            if mem.role != ROLE_IN or mem.tensor not in view.consts:
-                continue
-            units = grp.unit_of[(mem.tensor, mem.axis)]
-            drop = np.flatnonzero(~np.isin(units, kept))
-            if not len(drop):
+        for mem, drop in cuts(dg.groups[gid], kept):
+            if mem.tensor not in view.consts:
                 continue
             val = edits.get(mem.tensor)
             if val is None:

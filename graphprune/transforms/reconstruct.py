@@ -323,7 +323,9 @@ def _solve(view: GraphView, l: Layer, damp, overrides: dict, adds: dict) -> None
     l.damp = _choose_damp(l, wr, prior) if damp == "auto" else float(damp)
     n = l.n.sum()
     sol = _fit(l.gram.sum(0) / n, wr @ (l.cross.sum(0) / n).T, prior, l.damp)
-    new = wm.copy()
+    # rows of removed outputs stay as the masked model has them (zero where those units are
+    # cut at their producer: attention head positions no weight reads)
+    new = _matrix(l, np.asarray(overrides.get(c.w, w), dtype=np.float64)).copy()
     new[:, np.setdiff1d(np.arange(wm.shape[1]), cols)] = 0.0
     new[np.ix_(rows, cols)] = sol[:, :k]
     d_out = np.bincount(rows_out[rows], weights=sol[:, k], minlength=w.shape[c.out_axis])
@@ -331,7 +333,8 @@ def _solve(view: GraphView, l: Layer, damp, overrides: dict, adds: dict) -> None
     l.d_out = d_out
     overrides[c.w] = l.new_w
     if l.bias_kind in ("input", "add"):
-        b = np.asarray(view.const_value(l.bias_name))
+        b = np.asarray(overrides[l.bias_name] if l.bias_name in overrides
+                       else view.const_value(l.bias_name))
         scale = float(attr(c.node, "beta", 1.0)) if (c.op == "Gemm" and l.bias_kind == "input") \
             else 1.0
         overrides[l.bias_name] = (b.astype(np.float64) + (d_out / scale).reshape(b.shape)
