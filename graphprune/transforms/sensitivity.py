@@ -5,7 +5,7 @@ of one consumer, relative to that consumer's output energy) compare layers well 
 mislead in decoders: a layer whose output energy sits in a few massive-activation features
 looks nearly free to prune at 95 %, while the model downstream reads the small features it
 loses. Here a group's error at a width is what the whole model says: its removed units are cut
-(every consumer slice reading them set to zero, as in the masked model) and the model's
+as in the masked model (`masking.masked_overrides`) and the model's
 outputs on a few calibration samples are compared with the original's:
 
 - language models (text calibration): the mean KL divergence of the next-token distribution,
@@ -24,7 +24,8 @@ import numpy as np
 
 from ..analysis.graph import DependencyGraph, Group
 from ..calibration.stats import Runner
-from ..ops.registry import ROLE_IN
+from .masking import cuts, masked_overrides
+from .select import Plan
 
 FRACTIONS = (0.25, 0.5, 0.75)
 SMALL = 4  # groups of at most this many units are measured at every count
@@ -57,23 +58,25 @@ def relative_error(ref: list[dict], out: list[dict], names: list[str]) -> float:
     return err
 
 
-def _weights(dg: DependencyGraph, groups: list[Group]) -> dict[str, list] | None:
-    """The float initializers that read each group's units, or None if some group's consumer
-    is anything else (a Constant node, a quantized weight): its width cannot be probed."""
+def _swapped(dg: DependencyGraph, groups: list[Group], orders: dict[int, np.ndarray]
+             ) -> set[str] | None:
+    """Every constant a measurement cuts (`masking.cuts` at each group's widest cut), or None
+    if one is not a floating-point initializer (a Constant node, a quantized weight): a run
+    cannot swap it."""
     view = dg.view
-    inits = {t.name for t in view.model.graph.initializer}
-    out = {}
+    names: set[str] = set()
     for g in groups:
-        mems = [m for m in g.members if m.role == ROLE_IN]
-        for m in mems:
-            c = view.consts.get(m.tensor)
-            if m.tensor not in inits or c is None or c.kind != "initializer" \
+        kept = np.setdiff1d(np.arange(g.n_units), orders[g.id][:max(_points(g))])
+        mine = {m.tensor for m, _ in cuts(g, kept)}
+        for n in mine:
+            c = view.consts.get(n)
+            if c is None or c.kind != "initializer" \
                     or not np.issubdtype(np.dtype(c.dtype), np.floating):
                 return None
-        if not mems:
+        if not mine:
             return None
-        out[g.id] = mems
-    return out
+        names |= mine
+    return names
 
 
 def _points(g: Group) -> list[int]:
@@ -84,41 +87,28 @@ def _points(g: Group) -> list[int]:
 
 def measured_curves(dg: DependencyGraph, groups: list[Group], orders: dict[int, np.ndarray],
                     cands: dict[int, np.ndarray], runner: Runner, feeds: dict,
-                    language_model: bool, progress=None) -> dict[int, np.ndarray] | None:
+                    language_model: bool) -> dict[int, np.ndarray] | None:
     """Error of every candidate removal count `cands[g]` (the first m units of `orders[g]`
     removed) of every group, measured at the outputs (see the module docstring); None when a
     group's consumers cannot be swapped in a run."""
-    members = _weights(dg, groups)
-    if members is None:
+    names = _swapped(dg, groups, orders)
+    if names is None:
         return None
     view = dg.view
-    names = sorted({m.tensor for mems in members.values() for m in mems})
-    original = {n: np.asarray(view.const_value(n)) for n in names}
+    original = {n: np.asarray(view.const_value(n)) for n in sorted(names)}
     sub = {k: v[:MAX_SAMPLES] if getattr(v, "ndim", 0) else v for k, v in feeds.items()}
     probe = runner.probe(view.model, original, sub)
-    outputs = [n for n in probe.outputs if n]
     ref = probe.run()
-    floats = [n for n in outputs if np.issubdtype(ref[0][n].dtype, np.floating)]
+    floats = [n for n in probe.outputs if np.issubdtype(ref[0][n].dtype, np.floating)]
     error = kl_error if language_model else relative_error
     out = {}
     for g in groups:
         xs, ys = [0], [0.0]
         for p in _points(g):
-            drop = orders[g.id][:p]
-            swaps: dict[str, np.ndarray] = {}
-            for m in members[g.id]:
-                idx = np.flatnonzero(np.isin(g.unit_of[(m.tensor, m.axis)], drop))
-                w = swaps.get(m.tensor)
-                if w is None:
-                    w = original[m.tensor].copy()
-                sl = [slice(None)] * w.ndim
-                sl[m.axis] = idx
-                w[tuple(sl)] = 0
-                swaps[m.tensor] = w
+            kept = np.setdiff1d(np.arange(g.n_units), orders[g.id][:p])
             xs.append(p)
-            ys.append(error(ref, probe.run(swaps), floats))
-            if progress:
-                progress()
+            ys.append(error(ref, probe.run(masked_overrides(view, dg, Plan({g.id: kept}))),
+                            floats))
         ms = np.asarray(cands[g.id], dtype=np.float64)
         curve = np.interp(ms, xs, ys)
         if len(xs) > 1:
