@@ -185,20 +185,6 @@ def generations(fn, encode, decode, max_new: int) -> list[str]:
     return [decode(greedy_generate(fn, encode(p), max_new)) for p in PROMPTS]
 
 
-LEVERS = ("reconstruct", "allocate", "correct")
-
-
-def lever_options(spec: str) -> tuple[str, dict]:
-    """``reconstruct+allocate`` → the prune options with exactly those levers on (``oneshot``:
-    none), so no default of the library leaks into a row."""
-    names = [] if spec == "oneshot" else spec.split("+")
-    bad = [n for n in names if n not in LEVERS]
-    if bad:
-        raise SystemExit(f"--levers: unknown {bad}; use oneshot or a '+' list of {LEVERS}")
-    return spec, {"reconstruct": "reconstruct" in names, "allocate": "allocate" in names,
-                  "correct": "meanvar" if "correct" in names else "none"}
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--criteria", default="magnitude,wanda,flap,obspa,amp")
@@ -211,9 +197,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-new", type=int, default=12, help="tokens per greedy generation")
     ap.add_argument("--levers", default="oneshot,reconstruct",
                     help="pipelines per criterion and fraction, each a '+' list of "
-                         "reconstruct, allocate, correct (mean-variance), or oneshot "
+                         "reconstruct, allocate, correct (mean-variance), measured, or oneshot "
                          "(compensation as the criterion implies, nothing else); every lever "
-                         "not named is off")
+                         "not named is off (the settings of benchmarks/accuracy.py)")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--out", default=str(RESULTS / "llm_perplexity.json"))
     a = ap.parse_args(argv)
@@ -251,11 +237,14 @@ def main(argv=None) -> dict:
 
     common = dict(calib_text=str(calib_file), tokenizer=str(tok_dir), seq_len=SEQ_CALIB,
                   validate=False)
-    pipelines = [lever_options(p) for p in a.levers.split(",") if p]
+    from benchmarks.accuracy import lever_options, parse_settings
+
+    pipelines = [("+".join(levers) or "oneshot", lever_options(levers))
+                 for levers in parse_settings(a.levers)]
     for frac in [float(x) for x in a.params.split(",") if x]:
         runs = [(c, False, name, opts) for c in a.criteria.split(",") if c
                 for name, opts in pipelines]
-        runs += [(c, True, "oneshot", lever_options("oneshot")[1])
+        runs += [(c, True, "oneshot", lever_options(()))
                  for c in a.global_criteria.split(",") if c]
         for crit, glob_rank, name, opts in runs:
             t = time.time()
