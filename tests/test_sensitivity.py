@@ -129,3 +129,41 @@ def test_output_errors():
     assert relative_error(ref, ref, ["y"]) == 0.0
     assert relative_error(ref, [{"y": z * 0}], ["y"]) == pytest.approx(
         float(np.sum(z.astype(np.float64) ** 2) / np.sum((z - z.mean()) ** 2)), rel=1e-5)
+
+
+def test_measurement_points_stay_within_what_the_budget_can_take():
+    """A group that owns most of the parameters (the hidden size) is measured at fractions of
+    the few units the budget can take from it, not at 25/50/75 % of all of them; a group the
+    budget cannot cover is measured across its whole range."""
+    from graphprune.transforms import allocate as alloc
+    from graphprune.transforms.sensitivity import _points
+
+    seen = {}
+
+    def measure(groups, orders, cands, reach):
+        seen.update(groups={g.id: g for g in groups}, reach=reach, orders=orders)
+        return None  # fall back to the layer-wise curves
+
+    res = graphprune.prune(str(TX / "llama_gqa.dynamo.onnx"), criterion="magnitude",
+                           dims="heads,mlp,hidden", ratio=0.0)
+    dg = res.graph
+    budget = 0.3 * res.report["params"]["before"]
+    scores = {g.id: np.arange(g.n_units, dtype=float) for g in dg.prunable_groups()}
+    alloc.allocate(dg, scores, None, budget, measure=measure)
+    groups, reach = seen["groups"], seen["reach"]
+    counter = alloc.ParamCount(dg, list(groups.values()), seen["orders"])
+    kinds = {g.id: g.kind for g in groups.values()}
+    hidden = [gid for gid, k in kinds.items() if k == "hidden"]
+    assert hidden, kinds
+    for gid in hidden:
+        g = groups[gid]
+        assert reach[gid] < g.n_units / 2, (reach[gid], g.n_units)
+        assert counter.delta({}, gid, reach[gid]) >= budget
+        assert counter.delta({}, gid, reach[gid] - 1) < budget
+        assert max(_points(g, reach)) <= reach[gid]
+    whole = [gid for gid in groups if counter.delta({}, gid, reach[gid]) < budget]
+    assert whole  # groups the budget could empty: measured over their whole range
+    for gid in whole:  # the largest removal allocation allows (MAX_REMOVE)
+        g = groups[gid]
+        assert reach[gid] >= int(alloc.MAX_REMOVE * g.n_units) - 1, (reach[gid], g.n_units)
+        assert max(_points(g, reach)) >= min(0.7 * g.n_units, g.n_units - 1)

@@ -41,13 +41,13 @@ def select(state: PruneState) -> None:
 
 def _measurement(state: PruneState):
     """Allocation's error curves measured at the model's outputs (`transforms.sensitivity`)."""
-    def measure(groups, orders, cands):
+    def measure(groups, orders, cands, reach):
         if state.progress:
-            state.progress(f"select: {probe_runs(groups)} runs of the model measure the "
+            state.progress(f"select: {probe_runs(groups, reach)} runs of the model measure the "
                            f"widths of {len(groups)} groups")
         return measured_curves(state.graph, groups, orders, cands, state.runner,
                                state.calib_ctx.calibration.feeds,
-                               state.options.calib_text is not None)
+                               state.options.calib_text is not None, reach)
     return measure
 
 

@@ -198,6 +198,27 @@ def _cholesky(a: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(v @ np.diag(np.maximum(w, 1e-12 * max(w.max(), 1e-300))) @ v.T)
 
 
+def reach(counter: ParamCount, groups: list[Group], steps: dict[int, np.ndarray],
+          budget: float) -> dict[int, int]:
+    """The fewest units of each group whose removal alone meets the budget (its largest
+    allowed removal where none does): no allocation takes more from it than about that."""
+    out = {}
+    for g in groups:
+        ms = steps[g.id]
+        lo, hi = 0, len(ms) - 1
+        if counter.delta({}, g.id, int(ms[hi])) < budget:
+            out[g.id] = int(ms[hi])
+            continue
+        while lo < hi:  # removed parameters grow with m
+            mid = (lo + hi) // 2
+            if counter.delta({}, g.id, int(ms[mid])) >= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[g.id] = int(ms[lo])
+    return out
+
+
 def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibContext | None,
              budget: float, round_to: int = 1, min_keep: int = 1, norm: str = "energy",
              added: list[tuple[str, int]] = (), max_remove: float = MAX_REMOVE,
@@ -205,9 +226,9 @@ def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibConte
     """Keep-sets removing at least `budget` parameters with the least total error. `added`:
     (weight, output axis) of the layers later passes will give a bias (see
     `planned_biases`); their parameters count against the budget. No group loses more than
-    `max_remove` of its units. `measure(groups, orders, cands)`: error curves measured some
-    other way (`transforms.sensitivity`), or None where they cannot be; the layer-wise
-    curves of `error_curves` otherwise. Returns the plan and the curves used ("measured" or
+    `max_remove` of its units. `measure(groups, orders, cands, reach)`: error curves measured
+    some other way (`transforms.sensitivity`; `reach` as `reach` gives it), or None where they
+    cannot be; the layer-wise curves of `error_curves` otherwise. Returns the plan and the curves used ("measured" or
     "obs")."""
     plan = Plan()
     groups = [g for g in dg.prunable_groups() if g.id in scores]
@@ -227,11 +248,13 @@ def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibConte
                        if f <= max_remove})
         cands[g.id] = np.array(grid)
         steps[g.id] = np.array(ok)
-    curves = measure(groups, orders, cands) if measure is not None else None
+    counter = ParamCount(dg, groups, orders, added)
+    curves = None
+    if measure is not None:
+        curves = measure(groups, orders, cands, reach(counter, groups, steps, budget))
     method = "obs" if curves is None else "measured"
     if curves is None:
         curves = error_curves(dg, groups, orders, cands, ctx, scores, norm)
-    counter = ParamCount(dg, groups, orders, added)
 
     def err(gid: int, m: int) -> float:
         return float(np.interp(m, cands[gid], curves[gid]))

@@ -13,8 +13,10 @@ outputs on a few calibration samples are compared with the original's:
 - anything else: the squared error of every floating-point output relative to its variance,
   summed over the outputs.
 
-Each group is measured at a few fractions of its units (`FRACTIONS`, every count for groups of
-at most `SMALL` units), linearly interpolated onto the allocation grid, extended beyond the last
+Each group is measured at a few fractions (`FRACTIONS`) of the units the budget could take from
+it (`reach`: the removal that alone meets the budget; all its units for most groups, a small
+part of a group that owns most of the parameters, such as a transformer's hidden size), every
+count for groups of at most `SMALL` units; linearly interpolated onto the allocation grid, extended beyond the last
 measured point along its last slope, made non-decreasing. One run of the model per point in
 one session (`Runner.probe`): 3 runs per group, plus one reference run.
 """
@@ -58,15 +60,15 @@ def relative_error(ref: list[dict], out: list[dict], names: list[str]) -> float:
     return err
 
 
-def _swapped(dg: DependencyGraph, groups: list[Group], orders: dict[int, np.ndarray]
-             ) -> set[str] | None:
+def _swapped(dg: DependencyGraph, groups: list[Group], orders: dict[int, np.ndarray],
+             reach: dict[int, int]) -> set[str] | None:
     """Every constant a measurement cuts (`masking.cuts` at each group's widest cut), or None
     if one is not a floating-point initializer (a Constant node, a quantized weight): a run
     cannot swap it."""
     view = dg.view
     names: set[str] = set()
     for g in groups:
-        kept = np.setdiff1d(np.arange(g.n_units), orders[g.id][:max(_points(g))])
+        kept = np.setdiff1d(np.arange(g.n_units), orders[g.id][:max(_points(g, reach))])
         mine = {m.tensor for m, _ in cuts(g, kept)}
         for n in mine:
             c = view.consts.get(n)
@@ -79,19 +81,24 @@ def _swapped(dg: DependencyGraph, groups: list[Group], orders: dict[int, np.ndar
     return names
 
 
-def _points(g: Group) -> list[int]:
-    if g.n_units <= SMALL:
-        return list(range(1, g.n_units))
-    return sorted({min(g.n_units - 1, max(1, int(round(f * g.n_units)))) for f in FRACTIONS})
+def _points(g: Group, reach: dict[int, int] | None = None) -> list[int]:
+    """Removal counts a group is measured at: fractions of the units the budget can reach."""
+    top = min(g.n_units, (reach or {}).get(g.id, g.n_units))
+    if top <= SMALL:
+        return list(range(1, min(top + 1, g.n_units)))
+    return sorted({min(g.n_units - 1, max(1, int(round(f * top)))) for f in FRACTIONS})
 
 
 def measured_curves(dg: DependencyGraph, groups: list[Group], orders: dict[int, np.ndarray],
                     cands: dict[int, np.ndarray], runner: Runner, feeds: dict,
-                    language_model: bool) -> dict[int, np.ndarray] | None:
+                    language_model: bool, reach: dict[int, int] | None = None
+                    ) -> dict[int, np.ndarray] | None:
     """Error of every candidate removal count `cands[g]` (the first m units of `orders[g]`
     removed) of every group, measured at the outputs (see the module docstring); None when a
-    group's consumers cannot be swapped in a run."""
-    names = _swapped(dg, groups, orders)
+    group's consumers cannot be swapped in a run. `reach[g]`: the most units the budget can
+    take from g (all of them where absent)."""
+    reach = reach or {}
+    names = _swapped(dg, groups, orders, reach)
     if names is None:
         return None
     view = dg.view
@@ -104,7 +111,7 @@ def measured_curves(dg: DependencyGraph, groups: list[Group], orders: dict[int, 
     out = {}
     for g in groups:
         xs, ys = [0], [0.0]
-        for p in _points(g):
+        for p in _points(g, reach):
             kept = np.setdiff1d(np.arange(g.n_units), orders[g.id][:p])
             xs.append(p)
             ys.append(error(ref, probe.run(masked_overrides(view, dg, Plan({g.id: kept}))),
@@ -119,6 +126,6 @@ def measured_curves(dg: DependencyGraph, groups: list[Group], orders: dict[int, 
     return out
 
 
-def probe_runs(groups: list[Group]) -> int:
+def probe_runs(groups: list[Group], reach: dict[int, int] | None = None) -> int:
     """Model runs `measured_curves` makes (for progress bars)."""
-    return sum(len(_points(g)) for g in groups)
+    return sum(len(_points(g, reach)) for g in groups)
