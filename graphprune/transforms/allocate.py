@@ -228,8 +228,8 @@ def allocate(dg: DependencyGraph, scores: dict[int, np.ndarray], ctx: CalibConte
     `planned_biases`); their parameters count against the budget. No group loses more than
     `max_remove` of its units. `measure(groups, orders, cands, reach)`: error curves measured
     some other way (`transforms.sensitivity`; `reach` as `reach` gives it), or None where they
-    cannot be; the layer-wise curves of `error_curves` otherwise. Returns the plan and the curves used ("measured" or
-    "obs")."""
+    cannot be; the layer-wise curves of `error_curves` otherwise. Returns the plan and the
+    curves used ("measured" or "obs")."""
     plan = Plan()
     groups = [g for g in dg.prunable_groups() if g.id in scores]
     if budget <= 0 or not groups:

@@ -16,8 +16,8 @@ outputs on a few calibration samples are compared with the original's:
 Each group is measured at a few fractions (`FRACTIONS`) of the units the budget could take from
 it (`reach`: the removal that alone meets the budget; all its units for most groups, a small
 part of a group that owns most of the parameters, such as a transformer's hidden size), every
-count for groups of at most `SMALL` units; linearly interpolated onto the allocation grid, extended beyond the last
-measured point along its last slope, made non-decreasing. One run of the model per point in
+count for groups of at most `SMALL` units; linearly interpolated onto the allocation grid,
+extended beyond the last measured point along its last slope, made non-decreasing. One run of the model per point in
 one session (`Runner.probe`): 3 runs per group, plus one reference run.
 """
 from __future__ import annotations
