@@ -6,6 +6,8 @@ Runtime; each rule here restates them in coupling terms.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .elementwise import couple_broadcast
 from .norm import normalize_last_axis
 from .registry import ROLE_IN, ROLE_OUT, OpRule, rule
@@ -56,6 +58,27 @@ class ContribLayerNorm(OpRule):
             exact()
         else:
             ctx.approximate_norm(x, lambda: normalize_last_axis(ctx, x, y, params), exact)
+
+    def rewrite(self, ctx):
+        """An RMS norm over hidden features that shrank (d → d') is computed as if the removed
+        features were zeros: gamma × √(d/d') and epsilon × d/d' make
+        x·γ/√(Σx²/d' + ε) equal to x·γ/√(Σx²/d + ε) exactly (a mean-centred LayerNorm has no
+        such identity and keeps the statistics of the kept features)."""
+        rms = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
+        idx = rms.get(ctx.node.op_type)
+        x = ctx.inputs[0]
+        last = (ctx.rank(x) or 0) - 1
+        kept, old = ctx.keep(x, last), ctx.old_dim(x, last)
+        if idx is None or kept is None or not old or len(ctx.inputs) <= idx:
+            return
+        gamma = ctx.const(ctx.inputs[idx])
+        if gamma is None or gamma.shape[-1:] not in ((old,), (len(kept),)):
+            return
+        if gamma.shape[-1] == old:  # the original value (a large one may be read sliced)
+            gamma = np.take(gamma, kept, axis=-1)
+        ratio = old / len(kept)
+        ctx.set_input(idx, (gamma * np.sqrt(ratio)).astype(gamma.dtype))
+        ctx.set_attr("epsilon", float(ctx.attr("epsilon", 1e-5)) * ratio)
 
 
 @rule("SimplifiedLayerNormalization")

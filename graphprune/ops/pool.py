@@ -109,6 +109,19 @@ class Reduce(OpRule):
             return
         exact()
 
+    def rewrite(self, ctx):
+        """A norm's mean over hidden features that shrank is taken as if the removed features
+        were zeros (the sum over the kept ones ÷ the original count): what the model computed
+        where they were zero, and what the masked model that allocation and reconstruction
+        measure computes, instead of a statistic inflated by d/d'."""
+        x = ctx.inputs[0]
+        last = (ctx.rank(x) or 0) - 1
+        kept, old = ctx.keep(x, last), ctx.old_dim(x, last)
+        if ctx.node.op_type != "ReduceMean" or kept is None or not old \
+                or reduce_axes(ctx) != [last]:
+            return
+        ctx.scale_input(0, len(kept) / old)
+
     def macs(self, ctx):
         return ctx.numel(ctx.node.input[0])
 

@@ -2,7 +2,8 @@
 correction (`transforms.reconstruct`, `transforms.correct`).
 
 The *masked* model keeps every width and sets to zero each weight slice that reads a removed
-unit: it computes exactly what the pruned model computes, so the activations of a partly
+unit (and, for the hidden size, each slice that writes one): it computes exactly what the
+pruned model computes (up to a LayerNorm's mean over fewer features), so the activations of a partly
 pruned model come from the original graph with edited weights."""
 from __future__ import annotations
 
@@ -52,10 +53,17 @@ def cuts(grp: Group, kept: np.ndarray):
     """(member, positions) of every constant slice that removing all of `grp`'s units but
     `kept` cuts: the slices of weights that read a removed unit, and for removed units no
     weight reads (the feature positions of attention heads, which queries and keys contract
-    against each other) the slices of every other constant of the group, their producers."""
-    read = [np.unique(grp.unit_of[(m.tensor, m.axis)]) for m in grp.members
-            if m.role == ROLE_IN]
-    read = np.concatenate(read) if read else np.zeros(0, dtype=np.int64)
+    against each other) the slices of every other constant of the group, their producers.
+    A hidden-size group is cut at its producers too: norms read every feature of the
+    residual stream, and they see the pruned model's stream only where the removed features
+    are zero (the rewrite takes their statistics over the kept features with the original
+    count)."""
+    if grp.kind == "hidden":
+        read = np.zeros(0, dtype=np.int64)
+    else:
+        read = [np.unique(grp.unit_of[(m.tensor, m.axis)]) for m in grp.members
+                if m.role == ROLE_IN]
+        read = np.concatenate(read) if read else np.zeros(0, dtype=np.int64)
     for mem in grp.members:
         units = grp.unit_of[(mem.tensor, mem.axis)]
         gone = ~np.isin(units, kept)

@@ -110,6 +110,23 @@ class RewriteContext:
                                                             name=out, axis=axis)))
         self.node.input[idx] = out
 
+    def scale_input(self, idx: int, factor: float) -> None:
+        """Read input `idx` multiplied by `factor`, through a Mul inserted before the node (in
+        the input's own type: the factor goes through CastLike from opset 15 on, float32
+        before)."""
+        name = self.node.input[idx]
+        out = self.rw.fresh_name(f"{name}_scaled")
+        const = self.rw.fresh_name(f"{out}_factor")
+        self.rw.add_initializer(const, np.asarray(factor, dtype=np.float32))
+        if self.opset() >= 15:
+            cast = self.rw.fresh_name(f"{const}_like")
+            self.rw.inserts.append((self.node, helper.make_node(
+                "CastLike", [const, name], [cast], name=cast)))
+            const = cast
+        self.rw.inserts.append((self.node, helper.make_node("Mul", [name, const], [out],
+                                                            name=out)))
+        self.node.input[idx] = out
+
     def add_input(self, value: np.ndarray, suffix: str) -> None:
         while len(self.node.input) < 1:
             self.node.input.append("")
