@@ -8,7 +8,9 @@ Usage::
         [--settings amp:0.2,amp:0.2:reconstruct,amp:0.2:allocate,flap:0.3:reconstruct,...]
         [--calib-tokens 8192] [--eval-tokens 4096] [--out benchmarks/results/llm_levers.json]
 
-Each setting is ``criterion:fraction[:lever...]`` with levers ``reconstruct``, ``allocate``
+Each setting is ``criterion:fraction[:lever...]`` with levers ``reconstruct``, ``rotate``
+(``--rotate``: the residual stream turned to its principal axes; with ``dims=...+hidden``),
+``allocate``
 (measured curves with text calibration; ``allocate=obs``: the layer-wise ones),
 ``cap=R`` (``--max-ratio R``), ``dims=A+B`` (``--dims A,B``; default ``heads+mlp``) and
 ``protect=PATTERN`` (``--protect``) and ``samples=N`` (calibration windows the measured
@@ -84,6 +86,7 @@ def one(model: Path, setting: str, calib_tokens: int, eval_tokens: int, work: Pa
                                target_params=float(frac), calib_text=str(calib),
                                tokenizer=str(tok), seq_len=SEQ_CALIB,
                                reconstruct="reconstruct" in levers,
+                               rotate="rotate" in levers,
                                allocate=allocation(levers), max_ratio=cap)
         p = res.report["params"]
         row["removed"] = 1 - p["after"] / p["before"]

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune
+from graphprune.errors import UserError
 from helpers import run
 from test_transformers import feeds
 
@@ -102,3 +103,43 @@ def test_masked_model_computes_what_the_hidden_pruned_model_computes(path, batch
     f = feeds(model, batch, seq)
     masked = run(tap_model(model, [out], masked_overrides(view, res.graph, res.plan)), f)[out]
     np.testing.assert_allclose(run(res.model, f)[out], masked, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", LLAMA, ids=[p.name[:-5] for p in LLAMA])
+def test_rotation_is_exact_and_cuts_the_hidden_size_with_less_error(path):
+    """--rotate turns the residual stream to its principal axes without changing what the model
+    computes (ratio 0 keeps every output), and hidden-size pruning of the turned stream loses
+    less than the same cut of the original features."""
+    model = onnx.load(str(path))
+    f = feeds(model, 2, 7)
+    out = model.graph.output[0].name
+    ref = run(model, f)[out]
+    calib = {"input": feeds(model, 16, 12, seed=3)["input"]}
+    same = graphprune.prune(model, ratio=0.0, dims="hidden", rotate=True, calib=calib)
+    assert same.report["rotation"]["applied"], same.report["rotation"]
+    np.testing.assert_allclose(run(same.model, f)[out], ref, rtol=1e-4, atol=1e-4)
+    errors = {}
+    for rotate in (False, True):
+        res = graphprune.prune(model, ratio=0.25, dims="hidden", criterion="flap",
+                               rotate=rotate, calib=calib)
+        errors[rotate] = float(np.mean((run(res.model, f)[out] - ref) ** 2))
+    assert errors[True] < errors[False], errors
+
+
+def test_rotation_refused_where_the_stream_meets_a_layer_norm():
+    """GPT-2's LayerNorm subtracts the mean of the stream, which no rotation keeps: the model is
+    pruned unrotated and the report says why."""
+    path = LLAMA[0].parent / "gpt2.dynamo.onnx"
+    model = onnx.load(str(path))
+    calib = {"input": feeds(model, 4, 8, seed=3)["input"]}
+    res = graphprune.prune(model, ratio=0.25, dims="hidden", rotate=True, calib=calib)
+    rot = res.report["rotation"]
+    assert not rot["applied"] and rot["reason"]
+
+
+def test_rotation_needs_hidden_and_data():
+    model = onnx.load(str(LLAMA[0]))
+    with pytest.raises(UserError, match="hidden"):
+        graphprune.prune(model, ratio=0.2, dims="heads", rotate=True)
+    with pytest.raises(UserError, match="calibration"):
+        graphprune.prune(model, ratio=0.2, dims="hidden", rotate=True)

@@ -117,6 +117,13 @@ PRUNE_OPTIONS = [
                       "(--calib, --calib-random) reach a data-aware criterion (wanda, flap, "
                       "obspa, amp, lrp) and --compensate is auto or obspa; off with "
                       "--calib-text."),
+    click.option("--rotate/--no-rotate", default=None,
+                 help="With hidden in --dims: turn the residual stream to the principal axes "
+                      "of its normalized calibration activations first (an exact rewrite: "
+                      "norm scales folded into the weights that read them), so hidden-size "
+                      "pruning removes the least used directions. Needs calibration data; "
+                      "RMS-norm decoders only (the report says why not elsewhere). Default: "
+                      "off."),
     click.option("--correct", "correct", type=click.Choice(["auto", "meanvar", "mean", "none"]),
                  default="auto", show_default=True,
                  help="Match every changed layer's per-channel output mean (and variance) to "
@@ -232,7 +239,7 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
               steps, plan, input_shapes, input_values, provider, external_data, seed, calib,
               calib_random, calib_text, tokenizer, seq_len, preprocess, labels, compensate,
               benchmark, threads, repeats, max_drop, min_speedup,
-              whole_blocks=False, reconstruct=None, correct="auto",
+              whole_blocks=False, reconstruct=None, rotate=None, correct="auto",
               allocate=None, allocate_by="auto") -> tuple[dict, list]:
     """One prune as the command line runs it: check every option and output path, read and
     check the calibration data, prune, measure, then write the model, its data file, the
@@ -265,12 +272,13 @@ def run_prune(model: Path, out, report=None, html_out=None, save_plan=None,
                 protect=list(protect), seed=seed, dims=dims, drop_blocks=drop_blocks,
                 progress=progress, defer_validation=not measure,
                 requantize=not whole_blocks,
-                reconstruct=reconstruct,
+                reconstruct=reconstruct, rotate=rotate,
                 allocate=allocate if allocate is False or allocate_by == "auto" else allocate_by,
                 correct=None if correct == "auto" else correct,
                 **_calib_options(criterion, cal, calib_random, preprocess, labels,
                                  compensate, calib_text, tokenizer, seq_len, drop_blocks,
-                                 steps, bool(reconstruct) or correct not in ("auto", "none")))
+                                 steps, bool(reconstruct) or bool(rotate)
+                                 or correct not in ("auto", "none")))
     gates = []
 
     def measure_written(staged: str) -> None:

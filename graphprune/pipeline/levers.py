@@ -5,14 +5,35 @@ from __future__ import annotations
 
 import onnx
 
+from ..analysis.build import analyze as analyze_graph
+from ..transforms import rotate as rotation
 from ..transforms.allocate import MAX_REMOVE, allocate, planned_biases
 from ..transforms.correct import correct as correct_plan
 from ..transforms.reconstruct import reconstruct as reconstruct_plan
 from ..transforms.sensitivity import measured_curves, probe_runs
 from . import stages as s
 from .options import (allocating, allocation_method, compensation_mode, correction_mode,
-                      reconstructing)
+                      reconstructing, rotating)
 from .state import PruneState
+
+
+def rotate(state: PruneState) -> None:
+    """The residual stream turned to the principal axes of its normalized calibration
+    activations (`transforms.rotate`), so that hidden-size pruning removes its least used
+    directions; the model is left as it is, with the reason in the report, where an op on
+    the stream does not commute with a rotation."""
+    dg = analyze_graph(state.view, dims=("hidden",))
+    found, why = rotation.find_rotation(state.view, dg, state.copies or ())
+    if found is None:
+        state.rotation = {"applied": False, "reason": why}
+        return
+    if state.progress:
+        state.progress(f"rotate: principal axes of the residual stream at "
+                       f"{len(found.scales)} norms")
+    cov = rotation.stream_covariance(state.source.work, found, state.calibration.feeds,
+                                     state.runner)
+    state.rotation = rotation.rotate(state.view, found, rotation.principal_axes(cov))
+    state.view = s.model_view(state.source.work, state.inputs)
 
 
 def select(state: PruneState) -> None:
@@ -80,6 +101,10 @@ def _has_samples(state: PruneState) -> bool:
 
 def reconstructing_now(state: PruneState) -> bool:
     return reconstructing(state.options) and _has_samples(state)
+
+
+def rotating_now(state: PruneState) -> bool:
+    return rotating(state.options) and state.calibration is not None
 
 
 def correcting_alone(state: PruneState) -> bool:

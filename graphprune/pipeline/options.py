@@ -79,6 +79,7 @@ class PruneOptions:
     reconstruct: object = None  # refit consumers in graph order on the partly pruned model
     correct: object = None  # "meanvar" | "mean" | "none": per-channel statistics correction
     allocate: object = None  # widths from error curves for target_params: measured | obs
+    rotate: object = None  # residual stream rotated to its principal axes (hidden size)
 
     def check(self) -> None:
         if isinstance(self.dims, str):
@@ -222,11 +223,17 @@ def check_levers(opts: PruneOptions) -> None:
     """reconstruct / correct / allocate: known values, and what each needs."""
     if opts.reconstruct not in (None, True, False):
         raise UserError(f"reconstruct takes True or False, got {opts.reconstruct!r}")
+    if opts.rotate not in (None, True, False):
+        raise UserError(f"rotate takes True or False, got {opts.rotate!r}")
     if opts.correct not in (None, True, False, "none", *CORRECTIONS):
         raise UserError(f"correct takes meanvar, mean or none, got {opts.correct!r}")
     if opts.allocate not in (None, True, False, *ALLOCATIONS, "none"):
         raise UserError(f"allocate takes measured, obs or none, got {opts.allocate!r}")
+    if opts.rotate and "hidden" not in opts.dims:
+        raise UserError("--rotate turns the residual stream for hidden-size pruning: add hidden "
+                        "to --dims")
     explicit = [f for f, v in (("--reconstruct", opts.reconstruct is True),
+                               ("--rotate", opts.rotate is True),
                                ("--correct", opts.correct not in (None, False, "none")))
                 if v]
     if explicit and not opts.has_calibration:
@@ -263,6 +270,12 @@ def reconstructing(opts: PruneOptions) -> bool:
              or opts.compensate in (True, "obspa"))
     return (opts.calib is not None and aware
             and opts.compensate in (None, True, "obspa"))
+
+
+def rotating(opts: PruneOptions) -> bool:
+    """The residual-stream rotation (`transforms.rotate`): only where the hidden size is
+    pruned, and off unless asked for."""
+    return bool(opts.rotate) and "hidden" in opts.dims
 
 
 def correction_mode(opts: PruneOptions) -> str | None:

@@ -1,6 +1,7 @@
 """The pipeline, declared in one place, and the Python API over it.
 
-    read → reference → prepare → calibration → depth → analyze → statistics → score → select
+    read → reference → prepare → calibration → depth → rotate → analyze → statistics → score
+         → select
          → reconstruct | (snapshot →) compensate (→ correct) → rewrite → cost → validate
          → report                                                     (then PruneResult.save)
 
@@ -47,6 +48,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("calibration", s.load_calibration, ("source",), ("calibration",), s.calibrating,
           "calibrate"),
     Stage("depth", s.drop_blocks, ("view",), ("blocks", "view"), s.dropping_blocks),
+    Stage("rotate", levers.rotate, ("view", "calibration"), ("rotation", "view"),
+          levers.rotating_now, "calibrate"),
     Stage("analyze", s.analyze, ("view",), ("graph",)),
     Stage("statistics", s.statistics, ("graph",), ("calib_ctx",), s.measuring_statistics,
           "calibrate"),

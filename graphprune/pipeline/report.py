@@ -95,6 +95,8 @@ def build_report(state: PruneState) -> dict:
     faults = (state.fidelity or {}).get("input_faults")
     if faults:
         report["input_faults"] = faults
+    if state.rotation is not None:
+        report["rotation"] = state.rotation
     if state.compensation is not None:
         report["compensation"] = state.compensation
     if state.correction is not None:

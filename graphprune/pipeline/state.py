@@ -67,6 +67,7 @@ class PruneState:
     scores: dict | None = None
     plan: Plan | None = None
     allocation: str | None = None  # the error curves allocation used: "measured" | "obs"
+    rotation: dict | None = None  # the residual-stream rotation's summary
     compensation: dict | None = None
     correction: dict | None = None  # the statistics correction's summary (a pass of its own)
     original_model: onnx.ModelProto | None = None  # before compensation, for the correction
