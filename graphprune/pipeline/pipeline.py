@@ -49,7 +49,7 @@ PIPELINE: tuple[Stage, ...] = (
           "calibrate"),
     Stage("depth", s.drop_blocks, ("view",), ("blocks", "view"), s.dropping_blocks),
     Stage("rotate", levers.rotate, ("view", "calibration"), ("rotation", "view"),
-          levers.rotating_now, "calibrate"),
+          levers.rotating_now),
     Stage("analyze", s.analyze, ("view",), ("graph",)),
     Stage("statistics", s.statistics, ("graph",), ("calib_ctx",), s.measuring_statistics,
           "calibrate"),

@@ -17,8 +17,8 @@ from ..ir.storage import WeightStore
 from ..transforms.select import Plan
 from .options import PruneOptions
 
-PHASES = ("load", "depth", "analyze", "calibrate", "score", "select", "compensate", "rewrite",
-          "validate", "write")
+PHASES = ("load", "depth", "rotate", "analyze", "calibrate", "score", "select", "compensate",
+          "rewrite", "validate", "write")
 
 
 @dataclass
