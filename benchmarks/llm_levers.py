@@ -91,6 +91,12 @@ def one(model: Path, setting: str, calib_tokens: int, eval_tokens: int, work: Pa
         p = res.report["params"]
         row["removed"] = 1 - p["after"] / p["before"]
         row["timings_s"] = res.report["timings_s"]
+        kept: dict[str, list[int]] = {}  # units per kind of group: [before, after]
+        for g in res.report["groups"]:
+            k = kept.setdefault(g["kind"], [0, 0])
+            k[0] += g["size_before"]
+            k[1] += g["size_after"]
+        row["units"] = kept
         logits = ort_logits(res.model, store=res.store)
     row["prune_s"] = round(time.perf_counter() - t, 1)
     row["perplexity"] = perplexity(logits, windows)
