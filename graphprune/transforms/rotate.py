@@ -28,6 +28,7 @@ from ..analysis.graph import DependencyGraph, Group
 from ..calibration.stats import Runner
 from ..ir import GraphView
 from ..ops.registry import ROLE_IN
+from .depth import remove_dead_code
 from .rewrite import Rewriter
 
 BATCH = 8  # calibration samples per run that taps the normalized streams
@@ -151,20 +152,20 @@ def _check(view, node, stream, members, scales, copies) -> str:
     if op in SQUARES_READ_BY and _is_square(view, ins[0]):
         return ""
     if op in ("Mul", "Div"):
+        why = f"{label} scales the stream by something other than a per-row scalar"
         x = [i for i in ins if i in stream]
         other = [i for i in ins if i not in stream]
-        if len(x) == 1 and len(other) == 1 and other[0] not in view.consts \
-                and _size_one_on_last(view, other[0]):
-            return ""  # a per-row scalar (the norm's 1/rms)
-        if len(x) == 1 and len(other) == 1 and other[0] in view.consts \
-                and view.consts[other[0]].numel == 1:
+        if len(x) != 1 or len(other) != 1:
+            return why
+        o = other[0]
+        if o not in view.consts:
+            return "" if _size_one_on_last(view, o) else why  # the norm's 1/rms
+        if view.consts[o].numel == 1:
             return ""  # a scalar
-        if op == "Mul" and len(x) == 1 and len(other) == 1 and other[0] in view.consts \
-                and _is_member(view, other[0], members):
-            gamma = other[0]
-            scales.append(Scale(node, gamma, x[0], _foldable(view, node, members, copies)))
+        if op == "Mul" and _is_member(view, o, members):  # a norm's per-feature scale
+            scales.append(Scale(node, o, x[0], _foldable(view, node, members, copies)))
             return ""
-        return f"{label} scales the stream by something other than a per-row scalar"
+        return why
     return f"{label} reads the residual stream"
 
 
@@ -236,15 +237,7 @@ def rotate(view: GraphView, rot: StreamRotation, q: np.ndarray) -> dict:
         val = np.asarray(view.const_value(w), dtype=np.float64) if val is None else val
         turned = np.moveaxis(np.tensordot(val, q, axes=([ax], [0])), -1, ax)
         rw.write_const(w, turned.astype(view.consts[w].dtype))
-    _drop_unused(view.model, {s.gamma for s in rot.scales if s.fold_into is None})
+    if n_matrices:
+        remove_dead_code(view.model)  # the scales the matrices replaced
     return {"applied": True, "hidden_size": int(q.shape[0]), "norm_scales_folded": n_folded,
             "norm_scales_as_matrices": n_matrices, "weights_rotated": len(rot.weights)}
-
-
-def _drop_unused(model: onnx.ModelProto, names: set[str]) -> None:
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name not in names or t.name in used]
-    if len(keep) < len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-
