@@ -66,11 +66,10 @@ class ContribLayerNorm(OpRule):
         such identity and keeps the statistics of the kept features)."""
         rms = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
         idx = rms.get(ctx.node.op_type)
-        x = ctx.inputs[0]
-        last = (ctx.rank(x) or 0) - 1
-        kept, old = ctx.keep(x, last), ctx.old_dim(x, last)
-        if idx is None or kept is None or not old or len(ctx.inputs) <= idx:
+        cut = ctx.last_axis_cut(ctx.inputs[0])
+        if idx is None or cut is None or len(ctx.inputs) <= idx:
             return
+        kept, old = cut
         gamma = ctx.const(ctx.inputs[idx])
         if gamma is None or gamma.shape[-1:] not in ((old,), (len(kept),)):
             return

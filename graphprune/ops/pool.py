@@ -115,11 +115,11 @@ class Reduce(OpRule):
         where they were zero, and what the masked model that allocation and reconstruction
         measure computes, instead of a statistic inflated by d/d'."""
         x = ctx.inputs[0]
-        last = (ctx.rank(x) or 0) - 1
-        kept, old = ctx.keep(x, last), ctx.old_dim(x, last)
-        if ctx.node.op_type != "ReduceMean" or kept is None or not old \
-                or reduce_axes(ctx) != [last]:
+        cut = ctx.last_axis_cut(x)
+        if ctx.node.op_type != "ReduceMean" or cut is None \
+                or reduce_axes(ctx) != [ctx.rank(x) - 1]:
             return
+        kept, old = cut
         ctx.scale_input(0, len(kept) / old)
 
     def macs(self, ctx):

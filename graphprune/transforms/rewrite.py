@@ -66,6 +66,13 @@ class RewriteContext:
     def old_dim(self, name: str, axis: int) -> int | None:
         return self.view.static_dim(name, axis)
 
+    def last_axis_cut(self, name: str) -> tuple[np.ndarray, int] | None:
+        """(kept positions, original size) of tensor `name`'s last axis where it shrank (the
+        feature axis norms take their statistics over), else None."""
+        last = (self.rank(name) or 0) - 1
+        kept, old = self.keep(name, last), self.old_dim(name, last)
+        return (kept, old) if kept is not None and old else None
+
     def new_dim(self, name: str, axis: int) -> int | None:
         k = self.keep(name, axis)
         return int(len(k)) if k is not None else self.old_dim(name, axis)
